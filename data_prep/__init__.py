@@ -1,0 +1,1 @@
+"""Raw text -> tokenizer -> token shards + manifest (the trainer's input)."""

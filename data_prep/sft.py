@@ -1,0 +1,196 @@
+"""SFT data: conversations or Alpaca records -> ChatML token ids + a loss mask on assistant tokens.
+
+Template (Qwen/MiniMind ChatML; the markers are single pieces of our tokenizers):
+    <|im_start|>system\n...<|im_end|>\n<|im_start|>user\n...<|im_end|>\n<|im_start|>assistant\n...<|im_end|>\n
+The mask is 1 on each assistant reply and its closing <|im_end|> (so the model learns to
+stop), 0 elsewhere. Ids are BOS + template + EOS, encoded as ONE string, exactly as
+`encode_chat(..., add_generation_prompt=True)` encodes a prompt at inference.
+
+On disk (format "minimodel-sft-v1"): tokenizer.model, manifest.json, and per split
+`{split}/tokens.bin` (uint16/uint32), `{split}/mask.bin` (uint8, same length),
+`{split}/index.bin` (uint64 start offsets of the examples, plus the end).
+
+python -m data_prep.sft --out data/sft_ko --files ko_alpaca.jsonl --tokenizer data/demo_ko/tokenizer.model
+python -m data_prep.sft --out data/sft_ko --hf FreedomIntelligence/alpaca-gpt4-korean --tokenizer ...
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from data_prep.atomic import atomic_dir, write_bytes, write_json
+from data_prep.clean import clean_text
+from data_prep.errors import DataPrepError, run_cli
+from data_prep.shards import command_line, token_dtype
+from data_prep.splits import is_heldout
+from data_prep.tokenizer import BOS_ID, CHAT_TOKENS, EOS_ID, file_sha256, load_tokenizer
+
+SFT_FORMAT = "minimodel-sft-v1"
+ROLES = ("system", "user", "assistant")
+_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                   "system": "system"}
+IM_START, IM_END = CHAT_TOKENS
+
+
+def to_messages(rec: dict, where: str = "record") -> list[dict]:
+    """A record in any supported shape -> [{"role", "content"}]."""
+    if not isinstance(rec, dict):
+        raise DataPrepError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+    if "messages" in rec or "conversations" in rec:
+        raw = rec.get("messages", rec.get("conversations"))
+        if not isinstance(raw, list):
+            raise DataPrepError(f"{where}: 'messages' must be a list of {{role, content}}")
+        msgs = []
+        for m in raw:
+            if not isinstance(m, dict):
+                raise DataPrepError(f"{where}: each message must be an object with role and content")
+            role = m.get("role", _SHAREGPT_ROLES.get(m.get("from", ""), m.get("from")))
+            content = m.get("content", m.get("value"))
+            if role not in ROLES or not isinstance(content, str):
+                raise DataPrepError(f"{where}: message needs role in {ROLES} and text content, got {sorted(m)}")
+            msgs.append({"role": role, "content": content})
+    elif "instruction" in rec and "output" in rec:
+        prompt = rec["instruction"] or ""
+        if rec.get("input"):
+            prompt = f"{prompt}\n\n{rec['input']}"
+        msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": rec["output"] or ""}]
+        if rec.get("system"):
+            msgs.insert(0, {"role": "system", "content": rec["system"]})
+    else:
+        raise DataPrepError(f"{where}: not a conversation or Alpaca record; fields are {sorted(rec)} "
+                            "(need 'messages' or 'instruction'+'output')")
+    if not any(m["role"] == "assistant" for m in msgs):
+        raise DataPrepError(f"{where}: no assistant message to learn from")
+    return [{"role": m["role"], "content": clean_text(m["content"])} for m in msgs]
+
+
+def render_chat(messages: list[dict], add_generation_prompt: bool = False) -> tuple[str, list[tuple[int, int]]]:
+    """The template text and the character spans the loss covers (assistant replies + <|im_end|>)."""
+    parts, spans, pos = [], [], 0
+    for m in messages:
+        head = f"{IM_START}{m['role']}\n"
+        body = f"{m['content']}{IM_END}"
+        if m["role"] == "assistant":
+            spans.append((pos + len(head), pos + len(head) + len(body)))
+        chunk = head + body + "\n"
+        parts.append(chunk)
+        pos += len(chunk)
+    if add_generation_prompt:
+        parts.append(f"{IM_START}assistant\n")
+    return "".join(parts), spans
+
+
+def encode_chat(sp, messages: list[dict], add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
+    """(ids, mask): BOS + rendered template (+ EOS unless prompting); mask 1 on assistant spans."""
+    text, spans = render_chat(messages, add_generation_prompt)
+    # byte offsets of the character spans (sentencepiece reports byte offsets)
+    bspans = [(len(text[:a].encode("utf-8")), len(text[:b].encode("utf-8"))) for a, b in spans]
+    proto = sp.encode(text, return_type="proto")
+    ids, mask = [BOS_ID], [0]
+    for p in proto.pieces:
+        ids.append(p.id)
+        mask.append(int(any(a <= p.begin < b for a, b in bspans)))
+    if not add_generation_prompt:
+        ids.append(EOS_ID)
+        mask.append(0)
+    return ids, mask
+
+
+def sft_records(files: list[str] | None, hf: str | None, hf_config: str | None, hf_split: str,
+                hf_data_files=None) -> Iterator[tuple[str, dict]]:
+    from data_prep.sources import hf_records, records
+    if files:
+        yield from records(files)
+    if hf:
+        yield from hf_records(hf, hf_config, hf_split, hf_data_files)
+
+
+def prepare_sft(out_dir: str | Path, tokenizer_path: str | Path, recs: Iterable[tuple[str, dict]],
+                val_fraction: float = 0.01, max_tokens: int | None = None, seed: int = 0,
+                sources: list | None = None) -> dict:
+    """Encode records into the SFT format above; the directory is written atomically."""
+    out_dir, tokenizer_path = Path(out_dir), Path(tokenizer_path)
+    sp = load_tokenizer(tokenizer_path)
+    for t in CHAT_TOKENS:
+        if sp.piece_to_id(t) == sp.unk_id():
+            raise DataPrepError(f"tokenizer {tokenizer_path} has no {t} piece; train it with data_prep.tokenizer")
+    dtype = token_dtype(sp.get_piece_size())
+    data = {s: {"ids": [], "mask": [], "index": [0]} for s in ("train", "val")}
+    stats = {"examples": 0, "too_long": 0}
+    for n, (where, rec) in enumerate(recs):
+        ids, mask = encode_chat(sp, to_messages(rec, where))
+        stats["examples"] += 1
+        if max_tokens is not None and len(ids) > max_tokens:
+            stats["too_long"] += 1
+            continue
+        key = str(rec.get("id", n)) if isinstance(rec, dict) else str(n)
+        d = data["val" if is_heldout(key, val_fraction, seed) else "train"]
+        d["ids"].extend(ids)
+        d["mask"].extend(mask)
+        d["index"].append(len(d["ids"]))
+    if not data["train"]["ids"]:
+        raise DataPrepError("empty SFT corpus: no usable examples; check the source and --max-tokens")
+    with atomic_dir(out_dir) as tmp:
+        shutil.copyfile(tokenizer_path, tmp / "tokenizer.model")
+        splits = {}
+        for s, d in data.items():
+            write_bytes(tmp / s / "tokens.bin", np.asarray(d["ids"], dtype=dtype).tobytes())
+            write_bytes(tmp / s / "mask.bin", np.asarray(d["mask"], dtype=np.uint8).tobytes())
+            write_bytes(tmp / s / "index.bin", np.asarray(d["index"], dtype="<u8").tobytes())
+            splits[s] = {"tokens_file": f"{s}/tokens.bin", "mask_file": f"{s}/mask.bin",
+                         "index_file": f"{s}/index.bin", "examples": len(d["index"]) - 1,
+                         "tokens": len(d["ids"]), "loss_tokens": int(sum(d["mask"]))}
+        manifest = {"format": SFT_FORMAT, "dtype": dtype.name, "vocab_size": sp.get_piece_size(),
+                    "tokenizer": {"file": "tokenizer.model", "sha256": file_sha256(tokenizer_path),
+                                  "bos_id": sp.bos_id(), "eos_id": sp.eos_id(), "pad_id": sp.pad_id()},
+                    "template": "chatml", "chat_tokens": list(CHAT_TOKENS), "splits": splits,
+                    "stats": stats, "sources": sources or [], "command": command_line()}
+        write_json(tmp / "manifest.json", manifest)
+    return manifest
+
+
+def read_sft(set_dir: str | Path, split: str = "train") -> list[tuple[np.ndarray, np.ndarray]]:
+    """[(ids, mask)] per example (for tests and small sets)."""
+    set_dir = Path(set_dir)
+    m = json.loads((set_dir / "manifest.json").read_text())
+    s = m["splits"][split]
+    ids = np.fromfile(set_dir / s["tokens_file"], dtype=m["dtype"])
+    mask = np.fromfile(set_dir / s["mask_file"], dtype=np.uint8)
+    idx = np.fromfile(set_dir / s["index_file"], dtype="<u8")
+    return [(ids[a:b], mask[a:b]) for a, b in zip(idx[:-1], idx[1:])]
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m data_prep.sft", description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--tokenizer", required=True)
+    p.add_argument("--files", action="append", help=".jsonl[.gz] or .parquet with messages or instruction/input/output")
+    p.add_argument("--hf", default=None, help="Hugging Face dataset id (e.g. FreedomIntelligence/alpaca-gpt4-korean)")
+    p.add_argument("--hf-config", default=None)
+    p.add_argument("--hf-split", default="train")
+    p.add_argument("--hf-data-files", action="append", default=None)
+    p.add_argument("--val-fraction", type=float, default=0.01)
+    p.add_argument("--max-tokens", type=int, default=None, help="drop longer examples")
+    p.add_argument("--max-examples", type=int, default=None)
+    a = p.parse_args(argv)
+    if not a.files and not a.hf:
+        raise DataPrepError("no source given; use --files or --hf")
+    if not Path(a.tokenizer).is_file():
+        raise DataPrepError(f"tokenizer not found: {a.tokenizer}")
+    recs = sft_records(a.files, a.hf, a.hf_config, a.hf_split, a.hf_data_files)
+    if a.max_examples is not None:
+        import itertools
+        recs = itertools.islice(recs, a.max_examples)
+    sources = [{"kind": "files", "glob": f} for f in a.files or []] + (
+        [{"kind": "hf", "id": a.hf, "config": a.hf_config, "split": a.hf_split}] if a.hf else [])
+    m = prepare_sft(a.out, a.tokenizer, recs, a.val_fraction, a.max_tokens, sources=sources)
+    print(json.dumps({s: {k: v[k] for k in ("examples", "tokens", "loss_tokens")} for s, v in m["splits"].items()}))
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

@@ -1,0 +1,272 @@
+"""Token shards and their manifest: the format the trainer reads.
+
+A prepared set is a directory:
+    tokenizer.model
+    train/shard_00000.bin ...   raw little-endian token ids (uint16 if vocab < 65536, else uint32)
+    val/shard_00000.bin ...
+    manifest.json               see `build_manifest`
+Documents are concatenated with EOS after each one. The directory is written as a whole
+(temp dir, then rename); a re-run with the same tokenizer, documents and sources finds
+the same `fingerprint` in manifest.json and writes nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import multiprocessing as mp
+import shutil
+import sys
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from data_prep.atomic import atomic_dir, write_bytes, write_json
+from data_prep.errors import DataPrepError
+from data_prep.tokenizer import EOS_ID, file_sha256, load_tokenizer
+
+FORMAT = "minimodel-shards-v1"
+SHARD_TOKENS = 1 << 24  # ~32 MB per uint16 shard
+CHUNK_BYTES = 1 << 20  # work unit per process
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype("<u2") if vocab_size < 65536 else np.dtype("<u4")
+
+
+def _flatten(ids: list[list[int]], dtype) -> np.ndarray:
+    n = sum(map(len, ids)) + len(ids)
+    it = itertools.chain.from_iterable(itertools.chain(d, (EOS_ID,)) for d in ids)
+    return np.fromiter(it, dtype=dtype, count=n)
+
+
+def encode_docs(sp, docs: Sequence[str]) -> tuple[np.ndarray, int]:
+    """Token ids of `docs` with EOS after each, and the UTF-8 byte count of the text."""
+    docs = list(docs)
+    ids = sp.encode(docs, num_threads=1)
+    n_bytes = sum(len(d.encode("utf-8")) for d in docs)
+    return _flatten(ids, np.int64), n_bytes
+
+
+# --- several processes: each loads the tokenizer once and encodes ~1 MB chunks of documents.
+_WORKER_SP = None
+
+
+def _worker_init(path: str) -> None:
+    global _WORKER_SP
+    _WORKER_SP = load_tokenizer(path)
+
+
+def _worker_encode(args) -> tuple[bytes, int]:
+    docs, dtype = args
+    ids = _WORKER_SP.encode(docs, num_threads=1)
+    return _flatten(ids, np.dtype(dtype)).tobytes(), sum(len(d.encode("utf-8")) for d in docs)
+
+
+def _chunks(docs: Sequence[str], chunk_bytes: int) -> Iterable[list[str]]:
+    chunk, size = [], 0
+    for d in docs:
+        chunk.append(d)
+        size += len(d)
+        if size >= chunk_bytes:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+def encode_parallel(tokenizer_path: str | Path, docs: Sequence[str], dtype: np.dtype,
+                    num_proc: int = 1, chunk_bytes: int = CHUNK_BYTES, pool=None) -> tuple[np.ndarray, int]:
+    """encode_docs over `num_proc` processes; output order = document order."""
+    if num_proc <= 1 and pool is None:
+        sp = load_tokenizer(tokenizer_path)
+        tokens, n_bytes = encode_docs(sp, docs)
+        return tokens.astype(dtype), n_bytes
+    own = pool is None
+    if own:
+        pool = make_pool(tokenizer_path, num_proc)
+    try:
+        parts = pool.imap(_worker_encode, ((c, dtype.str) for c in _chunks(docs, chunk_bytes)))
+        arrays, n_bytes = [], 0
+        for buf, nb in parts:
+            arrays.append(np.frombuffer(buf, dtype=dtype))
+            n_bytes += nb
+    finally:
+        if own:
+            pool.close()
+            pool.join()
+    return (np.concatenate(arrays) if arrays else np.zeros(0, dtype)), n_bytes
+
+
+def make_pool(tokenizer_path: str | Path, num_proc: int):
+    # fork starts in milliseconds; data_prep holds no threads that fork would break
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    return ctx.Pool(num_proc, initializer=_worker_init, initargs=(str(tokenizer_path),))
+
+
+def write_split(out_dir: Path, split: str, tokens: np.ndarray, dtype: np.dtype,
+                shard_tokens: int = SHARD_TOKENS) -> list[dict]:
+    shards = []
+    for i, start in enumerate(range(0, max(len(tokens), 1), shard_tokens)):
+        chunk = tokens[start:start + shard_tokens].astype(dtype)
+        rel = f"{split}/shard_{i:05d}.bin"
+        write_bytes(out_dir / rel, chunk.tobytes())
+        shards.append({"file": rel, "tokens": int(len(chunk))})
+    return shards
+
+
+def build_manifest(out_dir: Path, tokenizer_path: Path, splits: dict, sources: list,
+                   dtype: np.dtype) -> dict:
+    sp = load_tokenizer(tokenizer_path)
+    return {
+        "format": FORMAT,
+        "dtype": dtype.name,
+        "vocab_size": int(sp.get_piece_size()),
+        "tokenizer": {"file": tokenizer_path.name, "sha256": file_sha256(tokenizer_path),
+                      "bos_id": sp.bos_id(), "eos_id": sp.eos_id(), "pad_id": sp.pad_id()},
+        "eos_id": EOS_ID,
+        "splits": splits,
+        "sources": sources,
+        "command": command_line(),
+    }
+
+
+def command_line() -> str:
+    """The command that is running, as a person would retype it (python -m pkg.mod args)."""
+    import shlex
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    head = f"python -m {spec.name}" if spec is not None and spec.name else shlex.quote(sys.argv[0])
+    return " ".join([head, *map(shlex.quote, sys.argv[1:])])
+
+
+def fingerprint(tokenizer_sha: str, docs_by_split: dict[str, list[str]], extra) -> str:
+    """What determines the output: the tokenizer, every document, and the recorded metadata."""
+    h = hashlib.sha256(f"{FORMAT}\0{tokenizer_sha}\0".encode())
+    h.update(json.dumps(extra, sort_keys=True, ensure_ascii=False, default=str).encode())
+    for split in sorted(docs_by_split):
+        h.update(f"\0split\0{split}\0{len(docs_by_split[split])}\0".encode())
+        for d in docs_by_split[split]:
+            h.update(d.encode("utf-8"))
+            h.update(b"\0")
+    return h.hexdigest()
+
+
+def read_manifest(set_dir: str | Path) -> dict | None:
+    p = Path(set_dir) / "manifest.json"
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def _complete(set_dir: Path, manifest: dict) -> bool:
+    itemsize = np.dtype(manifest["dtype"]).itemsize
+    tok = set_dir / manifest["tokenizer"]["file"]
+    if not tok.is_file() or file_sha256(tok) != manifest["tokenizer"]["sha256"]:
+        return False
+    for split in manifest["splits"].values():
+        for s in split["shards"]:
+            f = set_dir / s["file"]
+            if not f.is_file() or f.stat().st_size != s["tokens"] * itemsize:
+                return False
+    return True
+
+
+def prepare_from_docs(out_dir: str | Path, tokenizer_path: str | Path,
+                      docs_by_split: dict[str, Iterable[str]], sources: list | None = None, *,
+                      num_proc: int = 1, extra_manifest: dict | None = None,
+                      extra_files: dict[str, str | bytes] | None = None,
+                      shard_tokens: int = SHARD_TOKENS, force: bool = False) -> dict:
+    """Tokenise documents per split and write shards + manifest.json into out_dir.
+
+    The tokenizer is copied in as tokenizer.model; `extra_files` (relative path -> text or
+    bytes, e.g. held-out text) and `extra_manifest` keys go into the same directory, which
+    replaces any previous out_dir as a whole. Returns the manifest.
+    """
+    out_dir, tokenizer_path = Path(out_dir), Path(tokenizer_path)
+    if not tokenizer_path.is_file():
+        raise DataPrepError(f"tokenizer not found: {tokenizer_path}; train one first")
+    docs_by_split = {s: list(d) for s, d in docs_by_split.items()}
+    if not any(docs_by_split.values()):
+        raise DataPrepError(f"empty corpus: no documents left for {out_dir}; check the sources and filters")
+    tok_sha = file_sha256(tokenizer_path)
+    fp = fingerprint(tok_sha, docs_by_split, [sources or [], extra_manifest or {},
+                                              sorted((extra_files or {}).items()), shard_tokens])
+    old = read_manifest(out_dir)
+    if not force and old and old.get("fingerprint") == fp and _complete(out_dir, old):
+        return old
+    sp = load_tokenizer(tokenizer_path)
+    dtype = token_dtype(sp.get_piece_size())
+    pool = make_pool(tokenizer_path, num_proc) if num_proc > 1 else None
+    try:
+        with atomic_dir(out_dir) as tmp:
+            shutil.copyfile(tokenizer_path, tmp / "tokenizer.model")
+            splits, max_id = {}, -1
+            for split, docs in docs_by_split.items():
+                tokens, n_bytes = encode_parallel(tmp / "tokenizer.model", docs, dtype, num_proc, pool=pool)
+                if len(tokens):
+                    max_id = max(max_id, int(tokens.max()))
+                shards = write_split(tmp, split, tokens, dtype, shard_tokens)
+                splits[split] = {"shards": shards, "docs": len(docs), "bytes": n_bytes,
+                                 "tokens": int(len(tokens)),
+                                 "bytes_per_token": round(n_bytes / max(len(tokens), 1), 6)}
+            for rel, data in (extra_files or {}).items():
+                write_bytes(tmp / rel, data.encode("utf-8") if isinstance(data, str) else data)
+            manifest = build_manifest(tmp, tmp / "tokenizer.model", splits, sources or [], dtype)
+            manifest["max_token_id"] = max_id
+            manifest["fingerprint"] = fp
+            manifest.update(extra_manifest or {})
+            write_json(tmp / "manifest.json", manifest)  # last: its presence marks a complete set
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+    return manifest
+
+
+def check_prepared(set_dir: str | Path, tokenizer_path: str | Path | None = None,
+                   scan: bool = True) -> dict:
+    """Validate a prepared set (and optionally a tokenizer meant to read it); returns its manifest."""
+    set_dir = Path(set_dir)
+    m = read_manifest(set_dir)
+    if m is None:
+        raise DataPrepError(f"{set_dir}: no readable manifest.json; prepare the set first")
+    if m.get("format") != FORMAT:
+        raise DataPrepError(f"{set_dir}: format {m.get('format')!r}, expected {FORMAT!r}; re-run data_prep")
+    tok = Path(tokenizer_path) if tokenizer_path else set_dir / m["tokenizer"]["file"]
+    if not tok.is_file():
+        raise DataPrepError(f"{set_dir}: tokenizer {tok} missing; copy the tokenizer the shards were made with")
+    if file_sha256(tok) != m["tokenizer"]["sha256"]:
+        raise DataPrepError(f"shard/tokenizer mismatch: {tok} is not the tokenizer {set_dir} was "
+                            "tokenised with; re-run data_prep with this tokenizer")
+    vocab = load_tokenizer(tok).get_piece_size()
+    if vocab != m["vocab_size"] or token_dtype(vocab).name != m["dtype"]:
+        raise DataPrepError(f"{set_dir}: manifest vocab/dtype disagree with the tokenizer; re-run data_prep")
+    dtype = np.dtype(m["dtype"])
+    for split in m["splits"].values():
+        for s in split["shards"]:
+            f = set_dir / s["file"]
+            if not f.is_file() or f.stat().st_size != s["tokens"] * dtype.itemsize:
+                raise DataPrepError(f"{f}: missing or truncated shard; re-run data_prep")
+            if scan and s["tokens"]:
+                top = int(np.fromfile(f, dtype=dtype).max())
+                if top >= vocab:
+                    raise DataPrepError(f"{f}: token id {top} >= vocab size {vocab}; "
+                                        "shards and tokenizer do not match")
+    return m
+
+
+def read_tokens(set_dir: str | Path, split: str) -> np.ndarray:
+    """All tokens of one split (for small sets, mixtures and tests)."""
+    set_dir = Path(set_dir)
+    m = read_manifest(set_dir)
+    if m is None:
+        raise DataPrepError(f"{set_dir}: no manifest.json; prepare the set first")
+    if split not in m["splits"]:
+        raise DataPrepError(f"{set_dir}: no split {split!r}; splits are {sorted(m['splits'])}")
+    dtype = np.dtype(m["dtype"])
+    parts = [np.fromfile(set_dir / s["file"], dtype=dtype) for s in m["splits"][split]["shards"]]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype)

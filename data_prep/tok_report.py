@@ -1,0 +1,67 @@
+"""Tokenizer report: bytes/token, tokens/char and exact round-trip per language.
+
+CLI: python -m data_prep.tok_report TOKENIZER --input en=GLOB --input ko=GLOB
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from data_prep.errors import DataPrepError, run_cli
+from data_prep.tokenizer import file_sha256, load_tokenizer
+
+
+def language_stats(sp, texts: Sequence[str]) -> dict:
+    texts = [t for t in texts if t]
+    ids = sp.encode(texts)
+    n_tokens = sum(map(len, ids))
+    n_chars = sum(map(len, texts))
+    n_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    byte_pieces = sum(1 for doc in ids for i in doc if sp.is_byte(i))
+    bad = [i for i, (t, d) in enumerate(zip(texts, sp.decode(ids))) if t != d]
+    return {
+        "docs": len(texts), "chars": n_chars, "bytes": n_bytes, "tokens": n_tokens,
+        "bytes_per_token": round(n_bytes / max(n_tokens, 1), 4),
+        "tokens_per_char": round(n_tokens / max(n_chars, 1), 4),
+        "byte_fallback_frac": round(byte_pieces / max(n_tokens, 1), 4),
+        "roundtrip_ok": not bad, "roundtrip_failures": len(bad),
+    }
+
+
+def tokenizer_report(tokenizer, texts_by_lang: Mapping[str, Sequence[str]]) -> dict:
+    """Per-language stats for a tokenizer (a path or a loaded SentencePieceProcessor)."""
+    path = None
+    if isinstance(tokenizer, (str, Path)):
+        path = Path(tokenizer)
+        tokenizer = load_tokenizer(path)
+    rep = {"vocab_size": tokenizer.get_piece_size(),
+           "languages": {lang: language_stats(tokenizer, t) for lang, t in texts_by_lang.items()}}
+    if path is not None:
+        rep["tokenizer"] = str(path)
+        rep["sha256"] = file_sha256(path)
+    rep["roundtrip_ok"] = all(s["roundtrip_ok"] for s in rep["languages"].values())
+    return rep
+
+
+def main(argv: list[str] | None = None) -> None:
+    from data_prep.sources import read_files
+    from data_prep.clean import clean_text
+    from data_prep.tokenizer import parse_input_spec
+    p = argparse.ArgumentParser(prog="python -m data_prep.tok_report", description=__doc__.splitlines()[0])
+    p.add_argument("tokenizer")
+    p.add_argument("--input", action="append", required=True, help="LANG=GLOB (repeatable)")
+    p.add_argument("--text-field", default="text")
+    a = p.parse_args(argv)
+    if not Path(a.tokenizer).is_file():
+        raise DataPrepError(f"tokenizer not found: {a.tokenizer}")
+    texts = {}
+    for spec in a.input:
+        lang, pattern, _ = parse_input_spec(spec)
+        texts[lang] = [clean_text(d.text) for d in read_files(pattern, a.text_field)]
+    print(json.dumps(tokenizer_report(a.tokenizer, texts), ensure_ascii=False, indent=2))
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

@@ -1,0 +1,140 @@
+"""Training checkpoints: written atomically, checksummed, loaded without unpickling.
+
+    checkpoints/step_N/model.safetensors   weights (a tied lm_head is stored once)
+    checkpoints/step_N/optimizer.pt        optimizer states (torch.load(weights_only=True))
+    checkpoints/step_N/rng.pt              torch RNG states
+    checkpoints/step_N/checkpoint.json     step, data position, model config, sha256 of each file
+checkpoint.json is written last; a directory without it, or whose files do not match
+their checksums, is not a checkpoint and resume falls back to the previous one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from data_prep.atomic import atomic_dir
+from minimodel.errors import UserError
+
+META = "checkpoint.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """State dict with each storage once (a tied lm_head.weight is dropped, as transformers does)."""
+    out, seen = {}, set()
+    for name, t in model.state_dict().items():
+        key = (t.data_ptr(), t.shape) if t.numel() else (name,)
+        if key in seen:
+            continue
+        seen.add(key)
+        out[name] = t.detach().contiguous().cpu()
+    return out
+
+
+def load_model_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Load safetensors weights; a missing, unexpected or misshapen tensor is named in the error."""
+    path = Path(path)
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"cannot read weights {path}: {e} (file truncated or corrupted?)") from None
+    expected = model.state_dict()
+    tied = getattr(getattr(model, "config", None), "tie_embeddings", False)
+    for name, t in tensors.items():
+        if name not in expected:
+            raise UserError(f"{path}: tensor {name} does not exist in this model (checkpoint of another architecture)")
+        if tuple(t.shape) != tuple(expected[name].shape):
+            raise UserError(f"{path}: tensor {name} has shape {tuple(t.shape)} but the model expects "
+                            f"{tuple(expected[name].shape)}: checkpoint of another model shape")
+    missing = [n for n in expected if n not in tensors and not (tied and n == "lm_head.weight")]
+    if missing:
+        raise UserError(f"{path}: missing tensors {missing[:4]}{'...' if len(missing) > 4 else ''}: "
+                        "checkpoint of another model shape")
+    model.load_state_dict(tensors, strict=False)
+
+
+def save_checkpoint(ckpt_root: str | Path, step: int, model: torch.nn.Module, optimizers: list,
+                    trainer_state: dict, keep_last: int) -> Path:
+    ckpt_root = Path(ckpt_root)
+    final = ckpt_root / f"step_{step}"
+    with atomic_dir(final) as tmp:
+        save_file(model_tensors(model), str(tmp / "model.safetensors"))
+        torch.save([opt.state_dict() for opt in optimizers], tmp / "optimizer.pt")
+        torch.save({"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+                   tmp / "rng.pt")
+        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+        meta = {"step": step, **trainer_state, "files": files}
+        (tmp / META).write_text(json.dumps(meta, indent=2))
+    _prune(ckpt_root, keep_last)
+    return final
+
+
+def _prune(ckpt_root: Path, keep_last: int) -> None:
+    done = sorted(_step_dirs(ckpt_root), key=lambda p: int(p.name.split("_")[1]))
+    for old in done[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _step_dirs(ckpt_root: Path) -> list[Path]:
+    if not ckpt_root.is_dir():
+        return []
+    return [p for p in ckpt_root.iterdir()
+            if p.is_dir() and p.name.startswith("step_") and p.name[5:].isdigit()]
+
+
+def verify_checkpoint(path: Path) -> dict:
+    """The checkpoint's metadata if every file matches its checksum; UserError naming the bad file otherwise."""
+    meta_path = path / META
+    if not meta_path.is_file():
+        raise UserError(f"{path} has no {META}: the checkpoint was not finished")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{meta_path} is corrupted ({e})") from None
+    for name, digest in meta.get("files", {}).items():
+        f = path / name
+        if not f.is_file():
+            raise UserError(f"checkpoint file missing: {f}")
+        if _sha256(f) != digest:
+            raise UserError(f"checkpoint file {f} is corrupted or truncated (checksum mismatch)")
+    return meta
+
+
+def latest_checkpoint(ckpt_root: str | Path) -> tuple[Path, dict] | None:
+    """Newest checkpoint that verifies; corrupted ones are reported and skipped."""
+    for path in sorted(_step_dirs(Path(ckpt_root)), key=lambda p: -int(p.name.split("_")[1])):
+        try:
+            return path, verify_checkpoint(path)
+        except UserError as e:
+            print(f"warning: skipping checkpoint: {e}", file=sys.stderr, flush=True)
+    return None
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizers: list) -> None:
+    load_model_weights(model, path / "model.safetensors")
+    states = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
+    if len(states) != len(optimizers):
+        raise UserError(f"{path}: checkpoint has {len(states)} optimizer states, this run has "
+                        f"{len(optimizers)}: it was made with another optimizer setting")
+    for opt, state in zip(optimizers, states):
+        opt.load_state_dict(state)
+    rng = torch.load(path / "rng.pt", weights_only=True)
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])

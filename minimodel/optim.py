@@ -1,0 +1,114 @@
+"""Optimizer groups and learning-rate schedules.
+
+`muon`: torch.optim.Muon on the 2-D hidden matrices (attention and MLP
+projections), AdamW on embeddings, lm_head and norms. `adamw`: AdamW on all of
+them at one learning rate (the Llama2-style baseline). Weight decay applies to
+matrices, never to norm gains.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from minimodel.config import OptimConfig
+
+
+@dataclass
+class ParamGroups:
+    hidden: list[tuple[str, nn.Parameter]]       # 2-D matrices inside the blocks
+    embeddings: list[tuple[str, nn.Parameter]]   # embed_tokens, lm_head (once if tied)
+    norms: list[tuple[str, nn.Parameter]]        # 1-D gains
+
+
+def split_params(model: nn.Module) -> ParamGroups:
+    groups = ParamGroups([], [], [])
+    for name, p in model.named_parameters():  # tied weights are yielded once
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2:
+            groups.norms.append((name, p))
+        elif "embed_tokens" in name or "lm_head" in name:
+            groups.embeddings.append((name, p))
+        else:
+            groups.hidden.append((name, p))
+    return groups
+
+
+def build_optimizers(model: nn.Module, cfg: OptimConfig) -> list[torch.optim.Optimizer]:
+    g = split_params(model)
+    adam_kw = dict(betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    if cfg.name == "muon":
+        # torch's Muon accepts any 2-D tensor, embeddings included: only hidden matrices go in.
+        muon = torch.optim.Muon(
+            [{"params": g.hidden}],
+            lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum,
+            adjust_lr_fn=cfg.muon_adjust_lr_fn,
+        )
+        adamw = torch.optim.AdamW([
+            {"params": g.embeddings, "weight_decay": cfg.weight_decay},
+            {"params": g.norms, "weight_decay": 0.0},
+        ], lr=cfg.adam_lr, **adam_kw)
+        optimizers = [muon, adamw]
+    elif cfg.name == "adamw":
+        matrices = g.hidden + g.embeddings
+        optimizers = [torch.optim.AdamW([
+            {"params": matrices, "weight_decay": cfg.weight_decay},
+            {"params": g.norms, "weight_decay": 0.0},
+        ], lr=cfg.lr, **adam_kw)]
+    else:
+        raise ValueError(f"unknown optimizer {cfg.name!r}; choose 'muon' or 'adamw'")
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["initial_lr"] = group["lr"]
+    assert_coverage(model, optimizers)
+    return optimizers
+
+
+def assert_coverage(model: nn.Module, optimizers: list[torch.optim.Optimizer]) -> None:
+    """Every trainable parameter in exactly one group; Muon holds only hidden matrices."""
+    seen: dict[int, int] = {}
+    for opt in optimizers:
+        for group in opt.param_groups:
+            for p in group["params"]:
+                seen[id(p)] = seen.get(id(p), 0) + 1
+            if isinstance(opt, torch.optim.Muon):
+                for n, p in zip(group["param_names"], group["params"]):
+                    assert p.ndim == 2 and "embed_tokens" not in n and "lm_head" not in n, \
+                        f"Muon must hold only 2-D hidden matrices, got {n} {tuple(p.shape)}"
+    trainable = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
+    missing = [n for i, n in trainable.items() if i not in seen]
+    doubled = [trainable.get(i, "?") for i, c in seen.items() if c > 1]
+    extra = [i for i in seen if i not in trainable]
+    assert not missing, f"parameters in no optimizer group: {missing}"
+    assert not doubled, f"parameters in more than one optimizer group: {doubled}"
+    assert not extra, f"{len(extra)} optimizer parameters are not trainable model parameters"
+
+
+def lr_multiplier(step: int, total: int, cfg: OptimConfig) -> float:
+    """Schedule multiplier in [min_lr_frac, 1] for 0-based `step` of `total`."""
+    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    floor = cfg.min_lr_frac
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "cosine":
+        span = max(total - cfg.warmup_steps, 1)
+        progress = min((step - cfg.warmup_steps) / span, 1.0)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    if cfg.schedule == "wsd":
+        decay_steps = max(int(round(total * cfg.decay_frac)), 1)
+        decay_start = total - decay_steps
+        if step < decay_start:
+            return 1.0
+        progress = min((step - decay_start + 1) / decay_steps, 1.0)
+        return 1.0 - (1 - floor) * progress  # linear decay to the floor
+    raise ValueError(f"unknown schedule {cfg.schedule!r}")
+
+
+def set_lr(optimizers: list[torch.optim.Optimizer], multiplier: float) -> None:
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["initial_lr"] * multiplier

