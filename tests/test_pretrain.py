@@ -134,3 +134,13 @@ def test_checkpoint_of_another_shape_is_named(english_set, tmp_path):
     other = MiniModel(model_config_from("tiny", vocab_size=1024, d_model=32, n_layers=2, ffn_dim=192))
     with pytest.raises(UserError, match=r"tensor model\.embed_tokens\.weight has shape \(1024, 64\)"):
         load_model_weights(other, out / "checkpoints" / "step_10" / "model.safetensors")
+
+
+def test_wandb_offline_needs_no_network(english_set, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "run"
+    run(load_config(None, tiny_overrides(english_set, out, **{"train.steps": 10, "tracking.wandb": True})))
+    offline_runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1 and any(offline_runs[0].glob("*.wandb"))
+    assert len([m for m in read_metrics(out) if "loss" in m]) == 2  # metrics.jsonl is kept as well

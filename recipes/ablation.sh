@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The optimizer x QK-norm ablation: {AdamW, Muon} x {QK-norm off, on}, each arm with its own
+# learning-rate sweep and 2 seeds at its best lr, equal tokens, compared after decay.
+#
+#   bash recipes/ablation.sh                                   # CPU preset (~30-40 min on 2 cores)
+#   PRESET=gpu104m DATA=data/pretrain NPROC=8 bash recipes/ablation.sh   # MiniMind2-sized, on GPUs
+#
+# Knobs: PRESET (cpu | gpu104m), OUT, DATA (a prepared set; cpu default: the demo's
+# English-only set), NPROC, LRS (comma-separated grid), SEEDS, WANDB_MODE.
+# Output: $OUT/summary.json, $OUT/ablation.md, $OUT/plots/{loss_curves,lr_sweep}.png, $OUT/runs/<arm>/...
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup_env.sh
+PRESET="${PRESET:-cpu}"
+OUT="${OUT:-runs/ablation_$PRESET}"
+NPROC="${NPROC:-1}"
+export WANDB_MODE="${WANDB_MODE:-disabled}"
+
+if [ "$PRESET" = "cpu" ]; then
+    DATA="${DATA:-data/demo_en_base}"
+    [ -f "$DATA/manifest.json" ] || HF_HUB_OFFLINE=1 "$PY" -m data_prep.demo --out "$(dirname "$DATA")"
+else
+    DATA="${DATA:-data/pretrain}"   # prepare it first, e.g. as recipes/pretrain_core.sh does
+fi
+
+args=(--preset "$PRESET" --out "$OUT" "data.path=$DATA")
+[ -n "${LRS:-}" ] && args+=(--lrs "$LRS")
+[ -n "${SEEDS:-}" ] && args+=(--seeds "$SEEDS")
+
+echo "==> ablation preset=$PRESET data=$DATA out=$OUT nproc=$NPROC"
+if [ "$NPROC" -gt 1 ]; then
+    "$PY" -m torch.distributed.run --standalone --nproc_per_node="$NPROC" -m minimodel.ablation "${args[@]}"
+else
+    "$PY" -m minimodel.ablation "${args[@]}"
+fi
+echo
+cat "$OUT/ablation.md"
