@@ -1,0 +1,262 @@
+"""Plan before spending: parameters, tokens, FLOPs, memory per GPU, wall time and cost of a
+pretraining config, for the common GPUs.
+
+    python -m scripts.plan recipes/configs/core_104m.toml --gpu 4090 --n 8 [section.key=value ...]
+    python -m scripts.plan CONFIG --json          # one JSON line instead of the table
+
+Nothing is allocated: the model is built on the meta device. Time is FLOPs / (peak x MFU),
+with MFU assumed per GPU (scripts/gpus.py). The memory model is for eager bf16 training
+(torch.compile saves less); see docs/plan.md for the formulas and what they leave out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from minimodel.config import RunConfig, load_config
+from minimodel.errors import UserError, cli_entry
+from minimodel.flops import flops_per_token
+from minimodel.model import MiniModel, ModelConfig
+from minimodel.optim import split_params
+from scripts.gpus import GPUS, GPU, PRICES_AS_OF, get_gpu
+
+GIB = 2 ** 30
+CUDA_CONTEXT_BYTES = 1.0 * GIB      # CUDA context, cuBLAS workspaces, kernels (typically 0.5-1 GiB)
+NCCL_BYTES = 0.5 * GIB              # NCCL communicator buffers when there is more than one GPU
+FRAGMENTATION = 0.10                # caching-allocator slack on top of live tensors
+MUON_NS_STEPS = 5                   # torch.optim.Muon's default Newton-Schulz iterations
+
+
+@dataclass
+class ModelCounts:
+    params: int                       # tied weights counted once (MiniModel.num_params)
+    hidden: int                       # 2-D matrices inside the blocks (Muon's under optim.name=muon)
+    other: int                        # embeddings, lm_head, norms (AdamW's)
+    hidden_shapes: list[tuple[int, int]]
+
+
+def count_params(mcfg: ModelConfig) -> ModelCounts:
+    with torch.device("meta"):  # shapes only: a 7B config costs nothing here
+        model = MiniModel(mcfg)
+    g = split_params(model)
+    hidden = sum(p.numel() for _, p in g.hidden)
+    return ModelCounts(model.num_params(), hidden, model.num_params() - hidden,
+                       [tuple(p.shape) for _, p in g.hidden])
+
+
+def activation_bytes_per_token_layer(m: ModelConfig, act_bytes: int) -> int:
+    """Bytes one decoder layer keeps for backward per token, read off model.py's autograd graph
+    (eager; flash SDPA, which keeps no T x T scores). b = activation bytes: 2 under bf16 autocast,
+    4 in fp32. The residual stream is fp32 (embedding output + adds), so each RMSNorm keeps its
+    fp32 input, its fp32 normalised output and 1/rms. dq = heads x head_dim, dkv = kv_heads x head_dim.
+      two RMSNorms on the residual:        2 x (4d + 4d + 4)
+      q/k/v and gate/up GEMM inputs:       2 x b·d
+      fused q/k/v output (v is a view):    b(dq + 2dkv)
+      q, k after RoPE (SDPA inputs):       b(dq + dkv)
+      SDPA output (= o_proj input) + lse:  b·dq + 4·heads
+      SwiGLU fused gate/up, silu(gate), down input: 4·b·f
+      QK-norm (if on): its fp32 input copy (bf16 only: in fp32 it is a view of the fused output),
+                       the normalised output and 1/rms: (4 + b)(dq + dkv) + 4(heads + kv_heads) under bf16
+    tests/test_plan.py checks this against the tensors autograd actually saves."""
+    d, f, b = m.d_model, m.ffn_dim, act_bytes
+    dq, dkv = m.n_heads * m.head_dim, m.n_kv_heads * m.head_dim
+    n = 2 * (8 * d + 4) + 2 * b * d + b * (dq + 2 * dkv) + b * (dq + dkv) + b * dq + 4 * m.n_heads + 4 * b * f
+    if m.qk_norm:
+        n += (4 if b < 4 else 0) * (dq + dkv) + b * (dq + dkv) + 4 * (m.n_heads + m.n_kv_heads)
+    return n
+
+
+def memory_bytes(cfg: RunConfig, m: ModelConfig, counts: ModelCounts, micro_batch: int, n_gpus: int) -> dict:
+    """Estimated peak bytes per GPU, by component."""
+    bf16 = cfg.train.dtype == "bf16"
+    b = 2 if bf16 else 4
+    tokens = micro_batch * cfg.data.seq_len
+    n = counts.params
+    if cfg.optim.name == "muon":  # one momentum buffer for hidden matrices, AdamW's two for the rest
+        optim = 4 * counts.hidden + 8 * counts.other
+    else:
+        optim = 8 * n
+    parts = {
+        "weights": 4 * n,                               # fp32 master weights
+        "grads": 4 * n,                                 # fp32
+        "optimizer": optim,                             # fp32 states
+        "bf16_weight_copies": 2 * n if bf16 else 0,     # autocast's casts, kept for backward
+        "ddp_buckets": 4 * n if n_gpus > 1 else 0,      # DDP copies grads into its buckets
+        # layers + the final norm (fp32 input and output, 1/rms) + lm_head's input
+        "activations": tokens * (m.n_layers * activation_bytes_per_token_layer(m, b) + 8 * m.d_model + 4
+                                 + b * m.d_model),
+        # logits (b) + their fp32 copy for the loss (4) + its gradient (4) + the gradient in b
+        "logits": tokens * m.vocab_size * (b + 4 + 4 + b),
+    }
+    live = sum(parts.values())
+    parts["fragmentation"] = int(FRAGMENTATION * live)
+    parts["cuda_context"] = int(CUDA_CONTEXT_BYTES + (NCCL_BYTES if n_gpus > 1 else 0))
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def fits(total_bytes: float, gpu: GPU) -> bool:
+    return total_bytes <= gpu.memory_gib * GIB
+
+
+def largest_fitting_micro_batch(cfg: RunConfig, m: ModelConfig, counts: ModelCounts, n_gpus: int,
+                                gpu: GPU) -> int:
+    """The largest micro batch that divides this rank's batch (micro_batch x grad_accum), so
+    grad_accum stays whole and the global batch unchanged, and fits; 0 if none does."""
+    per_rank = cfg.train.micro_batch * cfg.train.grad_accum
+    for mb in sorted((k for k in range(1, per_rank + 1) if per_rank % k == 0), reverse=True):
+        if fits(memory_bytes(cfg, m, counts, mb, n_gpus)["total"], gpu):
+            return mb
+    return 0
+
+
+def muon_flops_per_step(shapes: list[tuple[int, int]]) -> float:
+    """Newton-Schulz on every hidden matrix (each rank runs all of them): per iteration on an
+    a x b matrix (a <= b) A = X Xᵀ (2a²b), B = polynomial of A (2a³), B X (2a²b)."""
+    total = 0.0
+    for rows, cols in shapes:
+        a, b = min(rows, cols), max(rows, cols)
+        total += MUON_NS_STEPS * (4 * a * a * b + 2 * a ** 3)
+    return total
+
+
+def estimate(cfg: RunConfig, gpu_name: str = "4090", n_gpus: int = 1, mfu: float | None = None,
+             usd_per_gpu_hour: float | None = None) -> dict:
+    if n_gpus < 1:
+        raise UserError(f"--n {n_gpus}: the number of GPUs must be at least 1")
+    if mfu is not None and not 0 < mfu <= 1:
+        raise UserError(f"--mfu {mfu} must lie in (0, 1]")
+    if usd_per_gpu_hour is not None and usd_per_gpu_hour < 0:
+        raise UserError(f"--usd-per-gpu-hour {usd_per_gpu_hour} must be >= 0")
+    chosen = get_gpu(gpu_name)
+    m = cfg.model_config()
+    counts = count_params(m)
+    tc, seq = cfg.train, cfg.data.seq_len
+    tokens_per_step = tc.micro_batch * seq * tc.grad_accum * n_gpus
+    total_tokens = tc.steps * tokens_per_step
+    fpt = flops_per_token(m, counts.params, seq)
+    train_flops = fpt * total_tokens
+    n_evals = (tc.steps // tc.eval_every + 1) if tc.eval_every > 0 else 0
+    eval_flops_per_gpu = n_evals * tc.eval_batches * tc.micro_batch * seq * fpt / 3  # forward only
+    optim_flops_per_gpu = tc.steps * muon_flops_per_step(counts.hidden_shapes) if cfg.optim.name == "muon" else 0.0
+    flops_per_gpu = train_flops / n_gpus + eval_flops_per_gpu + optim_flops_per_gpu
+    mem = memory_bytes(cfg, m, counts, tc.micro_batch, n_gpus)
+    grad_bytes = 4 * counts.params
+
+    rows = []
+    for gpu in GPUS.values():
+        g_mfu = mfu if mfu is not None else gpu.mfu
+        price = usd_per_gpu_hour if (usd_per_gpu_hour is not None and gpu is chosen) else gpu.usd_per_hour
+        compute_s = flops_per_gpu / (gpu.peak_bf16_flops * g_mfu)
+        # ring all-reduce of fp32 grads once per optimizer step, counted as not overlapped
+        comm_s = tc.steps * 2 * (n_gpus - 1) / n_gpus * grad_bytes / (gpu.allreduce_gbps * 1e9)
+        hours = (compute_s + comm_s) / 3600
+        rows.append({"gpu": gpu.name, "peak_tflops": gpu.peak_bf16_flops / 1e12, "mfu": g_mfu,
+                     "memory_gib": gpu.memory_gib, "fits": fits(mem["total"], gpu),
+                     "max_micro_batch": largest_fitting_micro_batch(cfg, m, counts, n_gpus, gpu),
+                     "compute_hours": compute_s / 3600, "comm_hours": comm_s / 3600, "hours": hours,
+                     "usd_per_gpu_hour": price, "usd": hours * n_gpus * price})
+    row = next(r for r in rows if r["gpu"] == chosen.name)
+    suggestion = None
+    if not row["fits"] and row["max_micro_batch"]:
+        mb = row["max_micro_batch"]
+        suggestion = {"micro_batch": mb, "grad_accum": tc.micro_batch * tc.grad_accum // mb}
+    return {
+        "gpu": chosen.name, "n_gpus": n_gpus,
+        "params": counts.params, "params_hidden": counts.hidden, "params_other": counts.other,
+        "optimizer": cfg.optim.name, "qk_norm": m.qk_norm, "dtype": tc.dtype,
+        "seq_len": seq, "micro_batch": tc.micro_batch, "grad_accum": tc.grad_accum, "steps": tc.steps,
+        "tokens_per_step": tokens_per_step, "total_tokens": total_tokens,
+        "tokens_per_param": total_tokens / counts.params,
+        "flops_per_token": fpt, "train_flops": train_flops,
+        "eval_flops_per_gpu": eval_flops_per_gpu, "optimizer_flops_per_gpu": optim_flops_per_gpu,
+        "memory_per_gpu_gib": {k: v / GIB for k, v in mem.items()},
+        "fits": row["fits"], "suggestion": suggestion, "hours": row["hours"], "usd": row["usd"],
+        "prices_as_of": PRICES_AS_OF, "gpus": rows,
+    }
+
+
+def _si(x: float, unit: str = "") -> str:
+    """2.10G (tokens), 1.63 EFLOP (with a unit)."""
+    for prefix, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.2f}{' ' if unit else ''}{prefix}{unit}"
+    return f"{x:.0f}{' ' if unit else ''}{unit}"
+
+
+def _hours(h: float) -> str:
+    return f"{h * 60:.0f} min" if h < 1 else f"{h:.1f} h" if h < 48 else f"{h / 24:.1f} days"
+
+
+def _usd(x: float) -> str:
+    return f"${x:,.2f}" if x < 100 else f"${x:,.0f}"
+
+
+def render(p: dict, config_path: str) -> str:
+    mem = p["memory_per_gpu_gib"]
+    lines = [
+        f"plan: {config_path} on {p['n_gpus']} x {p['gpu']}",
+        f"  model       {p['params'] / 1e6:.1f}M params ({p['params_hidden'] / 1e6:.1f}M in hidden matrices), "
+        f"{'QK-norm' if p['qk_norm'] else 'no QK-norm'}, optimizer {p['optimizer']}, {p['dtype']}",
+        f"  batch       {p['micro_batch']} seqs x {p['seq_len']} tokens x {p['grad_accum']} accum x {p['n_gpus']} GPUs"
+        f" = {p['tokens_per_step']:,} tokens/step",
+        f"  tokens      {p['steps']:,} steps -> {_si(p['total_tokens'])} tokens ({p['tokens_per_param']:.1f} per param)",
+        f"  FLOPs       {_si(p['flops_per_token'], 'FLOP')}/token -> {_si(p['train_flops'], 'FLOP')} to train",
+        "  memory/GPU  " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in mem.items() if k != "total" and v)
+        + f" -> {mem['total']:.1f} GiB (estimate)",
+        "",
+        f"  {'GPU':<10} {'TFLOP/s':>8} {'MFU':>5} {'GPU mem':>8} {'fits':>5} {'max mb':>7} {'wall time':>10}"
+        f" {'$/GPU-h':>8} {'cost':>9}",
+    ]
+    for r in p["gpus"]:
+        mark = "*" if r["gpu"] == p["gpu"] else " "
+        lines.append(f"{mark} {r['gpu']:<10} {r['peak_tflops']:>8.0f} {r['mfu']:>5.2f} {r['memory_gib']:>5.0f} GiB"
+                     f" {'yes' if r['fits'] else 'NO':>5} {r['max_micro_batch'] or '-':>7} {_hours(r['hours']):>10}"
+                     f" {r['usd_per_gpu_hour']:>8.2f} {_usd(r['usd']):>9}")
+    lines += ["", f"  wall time = FLOPs / (peak x assumed MFU) + gradient all-reduce; prices as of {p['prices_as_of']}"
+              " (scripts/gpus.py; --mfu, --usd-per-gpu-hour override).",
+              "  max mb = the largest micro_batch that fits and divides micro_batch x grad_accum."]
+    if p["fits"]:
+        lines.append(f"  fits: about {mem['total']:.1f} GiB of the {p['gpu']}'s "
+                     f"{GPUS[p['gpu']].memory_gib:.0f} GiB per GPU.")
+    elif p["suggestion"]:
+        s = p["suggestion"]
+        lines.append(f"  WILL NOT FIT: about {mem['total']:.1f} GiB per GPU, the {p['gpu']} has "
+                     f"{GPUS[p['gpu']].memory_gib:.0f} GiB. Largest micro batch that fits: {s['micro_batch']}; "
+                     f"use train.micro_batch={s['micro_batch']} train.grad_accum={s['grad_accum']} "
+                     "(same global batch).")
+    else:
+        lines.append(f"  WILL NOT FIT: about {mem['total']:.1f} GiB per GPU, the {p['gpu']} has "
+                     f"{GPUS[p['gpu']].memory_gib:.0f} GiB, even at micro_batch=1: lower data.seq_len, "
+                     "shrink the model, or use a GPU with more memory.")
+    return "\n".join(lines)
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="python -m scripts.plan", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("config", help="a pretraining config (recipes/configs/*.toml)")
+    ap.add_argument("overrides", nargs="*", help="section.key=value, as minimodel.pretrain takes them")
+    ap.add_argument("--gpu", default="4090", help=f"one of {', '.join(GPUS)} (default 4090)")
+    ap.add_argument("--n", type=int, default=1, help="number of GPUs in all (nodes x GPUs per node)")
+    ap.add_argument("--mfu", type=float, default=None, help="assumed MFU for every GPU (default: per-GPU table)")
+    ap.add_argument("--usd-per-gpu-hour", type=float, default=None, help="price of the chosen GPU")
+    ap.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
+    return ap.parse_intermixed_args(argv)
+
+
+@cli_entry
+def main(argv=None) -> dict:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    cfg = load_config(args.config, args.overrides)
+    plan = estimate(cfg, args.gpu, args.n, args.mfu, args.usd_per_gpu_hour)
+    print(json.dumps({"config": args.config, **plan}) if args.json else render(plan, args.config), flush=True)
+    return plan
+
+
+if __name__ == "__main__":
+    main()
