@@ -21,3 +21,62 @@ def to_hf_config(cfg: ModelConfig, torch_dtype: str = "float32"):
     if cfg.qk_norm:
         return Qwen3Config(**common, use_sliding_window=False)
     return LlamaConfig(**common, mlp_bias=False)
+
+
+# Architectures whose checkpoints can be Llama/Qwen3-shaped (the native model's two variants).
+NATIVE_TYPES = {"llama": False, "mistral": False, "qwen3": True}  # model_type -> QK-norm
+
+
+def _get(hf, name, default=None):
+    return getattr(hf, name, default) if not isinstance(hf, dict) else hf.get(name, default)
+
+
+def unsupported_features(hf) -> list[str]:
+    """What a transformers config (object or config.json dict) uses that ModelConfig cannot express."""
+    mtype = _get(hf, "model_type")
+    if mtype == "qwen2":  # Qwen2/2.5 always put biases on q/k/v
+        return ["attention biases (Qwen2 q/k/v projections)"]
+    if mtype not in NATIVE_TYPES:
+        return [f"architecture {mtype!r} (the native model is Llama- or Qwen3-shaped)"]
+    out = []
+    if _get(hf, "attention_bias"):
+        out.append("attention biases")
+    if _get(hf, "mlp_bias"):
+        out.append("MLP biases")
+    if _get(hf, "num_experts") or _get(hf, "num_local_experts"):
+        out.append("mixture of experts")
+    if (_get(hf, "use_sliding_window") or (mtype == "mistral" and _get(hf, "sliding_window"))
+            or "sliding_attention" in (_get(hf, "layer_types") or [])):
+        out.append(f"sliding-window attention (window {_get(hf, 'sliding_window')})")
+    rope = _get(hf, "rope_parameters") or _get(hf, "rope_scaling") or {}
+    if rope.get("rope_type", rope.get("type", "default")) != "default":
+        out.append(f"RoPE scaling ({rope.get('rope_type', rope.get('type'))})")
+    if (rope.get("partial_rotary_factor") or _get(hf, "partial_rotary_factor") or 1.0) != 1.0:
+        out.append("partial rotary embeddings")
+    if _get(hf, "hidden_act", "silu") != "silu":
+        out.append(f"activation {_get(hf, 'hidden_act')!r} (SwiGLU with SiLU only)")
+    return out
+
+
+def from_hf_config(hf) -> ModelConfig:
+    """The ModelConfig of a Llama/Mistral/Qwen3 transformers config; UserError naming what
+    the native model cannot express (biases, sliding window, MoE, RoPE scaling, ...)."""
+    from minimodel.errors import UserError
+
+    bad = unsupported_features(hf)
+    if bad:
+        raise UserError(f"this checkpoint cannot load into the native model: it uses {', '.join(bad)}; "
+                        "use it through transformers instead (as a LoRA base)")
+    rope = _get(hf, "rope_parameters") or {}
+    d, heads = _get(hf, "hidden_size"), _get(hf, "num_attention_heads")
+    return ModelConfig(
+        vocab_size=_get(hf, "vocab_size"), d_model=d, n_layers=_get(hf, "num_hidden_layers"),
+        n_heads=heads, n_kv_heads=_get(hf, "num_key_value_heads") or heads,
+        head_dim=_get(hf, "head_dim") or d // heads, ffn_dim=_get(hf, "intermediate_size"),
+        qk_norm=NATIVE_TYPES[_get(hf, "model_type")],
+        tie_embeddings=bool(_get(hf, "tie_word_embeddings", False)),
+        rope_theta=float(rope.get("rope_theta", _get(hf, "rope_theta", 10000.0))),
+        rms_eps=float(_get(hf, "rms_norm_eps", 1e-6)),
+        max_seq_len=_get(hf, "max_position_embeddings") or 2048,
+        init_std=float(_get(hf, "initializer_range", 0.02)),
+    )

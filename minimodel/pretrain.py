@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
-from data_prep.atomic import atomic_dir, write_text
+from data_prep.atomic import write_text
 from minimodel.config import RunConfig, dump_toml, load_config
 from minimodel.data import TokenShards, token_byte_lengths
 from minimodel.distributed import barrier, cleanup, init_distributed
 from minimodel.errors import UserError, cli_entry
+from minimodel.export import export_final
 from minimodel.model import MiniModel
 from minimodel.optim import build_optimizers
 from minimodel.tracking import Tracker
@@ -57,22 +57,6 @@ def check_same_run(run_dir: Path, resolved: dict) -> None:
     if diffs:
         raise UserError(f"{run_dir} holds a run with another config ({'; '.join(diffs[:3])}); "
                         "use another train.out_dir or delete the old run")
-
-
-def export_final(model: MiniModel, run_dir: Path, data_dir: Path, manifest: dict) -> Path:
-    """Hugging Face layout (config.json + model.safetensors + tokenizer.model) in run_dir/final."""
-    from safetensors.torch import save_file
-
-    from minimodel.checkpoint import model_tensors
-    from minimodel.hf_config import to_hf_config
-
-    final = run_dir / "final"
-    with atomic_dir(final) as tmp:
-        save_file(model_tensors(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        to_hf_config(model.config).save_pretrained(tmp)
-        write_text(tmp / "minimodel.json", __import__("json").dumps(model.config.to_dict(), indent=2))
-        shutil.copy2(data_dir / manifest["tokenizer"]["file"], tmp / "tokenizer.model")
-    return final
 
 
 def parse_args(argv):

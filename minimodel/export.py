@@ -1,0 +1,211 @@
+"""Export a core as a Hugging Face model directory that verifies itself.
+
+    python -m minimodel.export RUN_DIR OUT_DIR [--checkpoint step_N]
+
+OUT_DIR gets config.json (Qwen3 with QK-norm, Llama without), model.safetensors,
+generation_config.json, tokenizer.json + tokenizer_config.json (chat template included)
++ tokenizer.model, and minimodel.json (the native ModelConfig). Before the directory
+appears it is reloaded with AutoModelForCausalLM / AutoTokenizer and compared with the
+native model (fp32 logits on a fixed batch, max abs diff < 1e-4) and with sentencepiece
+(token ids on English and Korean text, chat template vs data_prep.sft.encode_chat); a
+mismatch is a UserError and nothing is written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tomllib
+from pathlib import Path
+
+import torch
+
+from data_prep.atomic import atomic_dir, write_json
+from minimodel.errors import UserError, cli_entry
+from minimodel.model import MiniModel, ModelConfig
+
+LOGITS_TOL = 1e-4
+WEIGHTS = "model.safetensors"
+NATIVE_CONFIG = "minimodel.json"
+
+
+def check_tokenizer_fits(n_tokens: int, vocab_size: int, where: str) -> None:
+    """Every token id must have an embedding row (rows beyond the tokenizer are padding)."""
+    if n_tokens > vocab_size:
+        raise UserError(f"{where}: the tokenizer has {n_tokens} tokens but the model embeds only {vocab_size}; "
+                        "use the tokenizer the model was trained with (or resize the embeddings first)")
+
+
+def write_model_files(model: MiniModel, out: Path, eos_ids: list[int] | None = None) -> None:
+    """config.json, model.safetensors (HF names, fp32/bf16 as the model holds them), generation_config.json, minimodel.json."""
+    from safetensors.torch import save_file
+    from transformers import GenerationConfig
+
+    from minimodel.checkpoint import model_tensors
+    from minimodel.hf_config import to_hf_config
+
+    tensors = model_tensors(model)
+    dtype = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
+    save_file(tensors, str(out / WEIGHTS), metadata={"format": "pt"})
+    (out / WEIGHTS).chmod(0o644)  # safetensors writes 0600; an export is meant to be shared
+    hf_cfg = to_hf_config(model.config, torch_dtype=dtype)
+    hf_cfg.architectures = ["Qwen3ForCausalLM" if model.config.qk_norm else "LlamaForCausalLM"]
+    hf_cfg.save_pretrained(out)
+    eos = eos_ids or [hf_cfg.eos_token_id]
+    GenerationConfig(bos_token_id=hf_cfg.bos_token_id, eos_token_id=eos if len(eos) > 1 else eos[0],
+                     pad_token_id=hf_cfg.pad_token_id).save_pretrained(out)
+    write_json(out / NATIVE_CONFIG, model.config.to_dict())
+
+
+def fixed_batch(cfg: ModelConfig, seed: int = 0, length: int = 64) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, cfg.vocab_size, (2, min(length, cfg.max_seq_len)), generator=g)
+
+
+def fp32_copy(model: MiniModel) -> MiniModel:
+    """The model's weights in a fresh fp32 CPU model (the live one may be on a GPU, in bf16, or wrapped)."""
+    from minimodel.checkpoint import model_tensors
+
+    ref = MiniModel(model.config)
+    ref.load_state_dict({k: v.float() for k, v in model_tensors(model).items()}, strict=False)
+    return ref.eval()
+
+
+@torch.no_grad()
+def logits_diff(native: MiniModel, hf_dir: Path, batch: torch.Tensor | None = None) -> float:
+    """Max |logit difference| between the native model and AutoModelForCausalLM(hf_dir), fp32 CPU."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar per check is noise
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+    batch = fixed_batch(native.config) if batch is None else batch
+    return (native.float().eval()(batch) - hf(batch).logits).abs().max().item()
+
+
+def verify_export(out: Path, native: MiniModel, sp_path: Path, texts: dict[str, str] | None = None) -> dict:
+    """Reload `out` with transformers and compare with the native model and tokenizer; UserError on mismatch."""
+    from transformers import AutoTokenizer
+
+    from minimodel.hf_tokenizer import verify_tokenizer
+
+    diff = logits_diff(native, out)
+    if not diff < LOGITS_TOL:  # also catches NaN
+        raise UserError(f"exported model reloaded by transformers differs from the native model: "
+                        f"max |logit diff| {diff:.3g} >= {LOGITS_TOL} (fp32); the export is not usable")
+    tok = AutoTokenizer.from_pretrained(out)
+    checked = verify_tokenizer(tok, sp_path, texts)
+    return {"max_abs_logit_diff": diff, "tokens_compared": checked}
+
+
+def heldout_texts(data_dir: Path, per_file: int = 2) -> dict[str, str]:
+    """A few held-out documents of a data set (and of the sets a mixture names), when present."""
+    texts = {}
+    for f in sorted(Path(data_dir).glob("heldout*.jsonl")):
+        for i, line in enumerate(f.read_text(encoding="utf-8").splitlines()[:per_file]):
+            texts[f"{f.stem}[{i}]"] = json.loads(line)["text"]
+    return texts
+
+
+def export_model(model: MiniModel, sp_path: str | Path, out_dir: str | Path,
+                 texts: dict[str, str] | None = None) -> tuple[Path, dict]:
+    """Write the verified Hugging Face directory for `model` + its sentencepiece tokenizer."""
+    from minimodel.hf_tokenizer import CHAT_TOKENS, load_sp, save_hf_tokenizer
+
+    sp_path, out_dir = Path(sp_path), Path(out_dir)
+    sp = load_sp(sp_path)
+    check_tokenizer_fits(sp.get_piece_size(), model.config.vocab_size, str(sp_path))
+    native = fp32_copy(model)
+    im_end = sp.piece_to_id(CHAT_TOKENS[1])
+    # Chat models stop at <|im_end|>; a pretrained core stops at EOS; either ends generation.
+    eos = [sp.eos_id()] + ([im_end] if im_end != sp.unk_id() else [])
+    with atomic_dir(out_dir) as tmp:
+        write_model_files(model, tmp, eos)
+        save_hf_tokenizer(sp_path, tmp, model_max_length=model.config.max_seq_len)
+        report = verify_export(tmp, native, sp_path, texts)
+    return out_dir, report
+
+
+def export_final(model: MiniModel, run_dir: Path, data_dir: Path, manifest: dict) -> Path:
+    """End of pretraining: the verified export into run_dir/final (pretrain.export_final's signature)."""
+    tok = Path(data_dir) / manifest["tokenizer"]["file"]
+    final, report = export_model(model, tok, Path(run_dir) / "final", heldout_texts(data_dir))
+    print(f"export verified: max |logit diff| {report['max_abs_logit_diff']:.2e}, "
+          f"token ids equal on {sum(report['tokens_compared'].values())} tokens", file=sys.stderr)
+    return final
+
+
+def _run_config(run_dir: Path) -> dict:
+    path = run_dir / "config.toml"
+    if not path.is_file():
+        raise UserError(f"{run_dir} has no config.toml: not a minimodel run directory")
+    return tomllib.loads(path.read_text(encoding="utf-8"))
+
+
+def _model_source(run_dir: Path, checkpoint: str | None) -> tuple[Path, ModelConfig, Path | None]:
+    """(weights file, ModelConfig, tokenizer if stored beside the weights) of a run's final or a checkpoint."""
+    from minimodel.config import build_config
+
+    if checkpoint is None:
+        final = run_dir / "final" if (run_dir / "final").is_dir() else run_dir
+        if not (final / NATIVE_CONFIG).is_file() or not (final / WEIGHTS).is_file():
+            ckpts = sorted((run_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name[5:]) if p.name[5:].isdigit() else -1)
+            hint = f" or export a checkpoint with --checkpoint {ckpts[-1].name}" if ckpts else ""
+            raise UserError(f"{run_dir} has no final checkpoint (final/{NATIVE_CONFIG} + final/{WEIGHTS}): "
+                            f"the run has not finished; resume it with python -m minimodel.pretrain{hint}")
+        cfg = ModelConfig(**json.loads((final / NATIVE_CONFIG).read_text()))
+        tok = final / "tokenizer.model"
+        return final / WEIGHTS, cfg, tok if tok.is_file() else None
+    from minimodel.checkpoint import verify_checkpoint
+
+    ckpt = Path(checkpoint) if Path(checkpoint).is_dir() else run_dir / "checkpoints" / checkpoint
+    if not ckpt.is_dir():
+        raise UserError(f"checkpoint {checkpoint} not found under {run_dir / 'checkpoints'}")
+    verify_checkpoint(ckpt)
+    raw = {k: v for k, v in _run_config(run_dir).items() if k != "run"}  # [run] is provenance, not config
+    return ckpt / WEIGHTS, build_config(raw).model_config(), None
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | None = None) -> Path:
+    """Export a run's final model (or one of its checkpoints) to a verified Hugging Face directory."""
+    from minimodel.checkpoint import load_model_weights
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run directory not found: {run_dir}")
+    weights, cfg, tok = _model_source(run_dir, checkpoint)
+    data_dir = None
+    if (run_dir / "config.toml").is_file():
+        data_dir = Path(_run_config(run_dir).get("data", {}).get("path", ""))
+    if tok is None:
+        manifest = data_dir / "manifest.json" if data_dir else None
+        if manifest is None or not manifest.is_file():
+            raise UserError(f"no tokenizer for {run_dir}: neither final/tokenizer.model nor the data set's "
+                            f"manifest ({manifest}) exists; prepare the data set again or copy its tokenizer.model")
+        tok = data_dir / json.loads(manifest.read_text())["tokenizer"]["file"]
+    model = MiniModel(cfg)
+    load_model_weights(model, weights)  # everything is in memory before out_dir (maybe run_dir/final) is replaced
+    texts = heldout_texts(data_dir) if data_dir and data_dir.is_dir() else {}
+    out, report = export_model(model, tok, out_dir, texts)
+    print(json.dumps({"out": str(out), **report}))
+    return out
+
+
+@cli_entry
+def main(argv=None) -> Path:
+    ap = argparse.ArgumentParser(prog="python -m minimodel.export", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir", help="a run directory (runs/NAME) or its final/ directory")
+    ap.add_argument("out_dir", help="where the Hugging Face directory goes (may be RUN_DIR/final)")
+    ap.add_argument("--checkpoint", help="export checkpoints/step_N instead of final/")
+    a = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    return export_run(a.run_dir, a.out_dir, a.checkpoint)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Small builders for the Hugging Face interop tests: a bilingual tokenizer, tiny HF models, GGUF files."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def fixture_docs(name: str) -> list[str]:
+    return [json.loads(line)["text"] for line in (FIXTURES / name).read_text(encoding="utf-8").splitlines()]
+
+
+def bilingual_tokenizer(path: Path, vocab_size: int = 2048) -> Path:
+    """A sentencepiece BPE trained on the English and Korean fixtures (chat markers included)."""
+    from data_prep.tokenizer import train_tokenizer
+
+    return train_tokenizer(fixture_docs("english_web.jsonl") + fixture_docs("korean_1961.jsonl"), path, vocab_size)
+
+
+def tiny_native(vocab_size: int, qk_norm: bool, tied: bool = True, seed: int = 0):
+    from minimodel.model import MiniModel, model_config_from
+
+    torch.manual_seed(seed)
+    cfg = model_config_from("tiny", vocab_size=vocab_size, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                            ffn_dim=128, qk_norm=qk_norm, tie_embeddings=tied, max_seq_len=256)
+    return MiniModel(cfg).eval()
+
+
+def write_gguf(hf_model, sp_path: Path, path: Path, quant=None) -> Path:
+    """A GGUF file as llama.cpp's converter lays it out (tensor names, q/k permutation for
+    llama, sentencepiece vocabulary as "llama" tokenizer metadata); matrices in `quant`."""
+    import gguf
+    import sentencepiece as spm
+
+    cfg = hf_model.config
+    arch_name = cfg.model_type
+    arch = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen3": gguf.MODEL_ARCH.QWEN3}[arch_name]
+    names = gguf.get_tensor_name_map(arch, cfg.num_hidden_layers)
+    w = gguf.GGUFWriter(str(path), arch_name)
+    w.add_name("minimodel test")
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_rope_dimension_count(cfg.head_dim)
+    w.add_key_length(cfg.head_dim)
+    w.add_value_length(cfg.head_dim)
+    w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_vocab_size(cfg.vocab_size)
+    sp = spm.SentencePieceProcessor(model_file=str(sp_path))
+    n = sp.get_piece_size()
+    pieces = [sp.id_to_piece(i) for i in range(n)]
+    types = [2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 6 if sp.is_byte(i)
+             else 4 if pieces[i].startswith("<|") else 1 for i in range(n)]
+    w.add_tokenizer_model("llama")
+    w.add_token_list(pieces)
+    w.add_token_scores([sp.get_score(i) for i in range(n)])
+    w.add_token_types(types)
+    w.add_bos_token_id(sp.bos_id())
+    w.add_eos_token_id(sp.eos_id())
+    w.add_unk_token_id(sp.unk_id())
+    w.add_pad_token_id(sp.pad_id())
+    for name, t in hf_model.state_dict().items():
+        if name == "lm_head.weight" and cfg.tie_word_embeddings:
+            continue
+        a = t.float().numpy()
+        if arch_name == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
+            # llama.cpp stores llama's q/k rows interleaved for its RoPE kernel
+            heads = cfg.num_attention_heads if "q_proj" in name else cfg.num_key_value_heads
+            a = a.reshape(heads, 2, a.shape[0] // heads // 2, *a.shape[1:]).swapaxes(1, 2).reshape(a.shape)
+        gname = names.get_name(name, try_suffixes=(".weight",))
+        assert gname, name
+        if quant is not None and a.ndim == 2:
+            q = gguf.quants.quantize(a, quant)
+            w.add_tensor(gname, q, raw_shape=q.shape, raw_dtype=quant)
+        else:
+            w.add_tensor(gname, a)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

@@ -1,0 +1,179 @@
+"""Import: HF directories as bases, HF -> native -> HF round trip, GGUF, clear errors."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from hf_helpers import bilingual_tokenizer, tiny_native, write_gguf
+from minimodel.errors import UserError
+from minimodel.hf_config import to_hf_config
+from minimodel.hf_import import gguf_to_hf, load_base, load_native, resolve_base, save_native
+from minimodel.hf_tokenizer import save_hf_tokenizer
+
+VOCAB = 2048
+
+
+@pytest.fixture(scope="module")
+def bi_tok(tmp_path_factory):
+    return bilingual_tokenizer(tmp_path_factory.mktemp("tok") / "enko.model", VOCAB)
+
+
+def hf_model(qk_norm: bool, tied: bool, seed: int = 0):
+    """A transformers Qwen3/Llama model of native shape, randomly initialised by transformers."""
+    cfg = tiny_native(VOCAB, qk_norm=qk_norm, tied=tied).config
+    hf_cfg = to_hf_config(cfg)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(hf_cfg).eval()
+    with torch.no_grad():  # norms start at 1: make them non-trivial so a mix-up shows
+        for n, p in model.named_parameters():
+            if p.ndim == 1:
+                p.uniform_(0.5, 1.5)
+    return model
+
+
+def save_hf_dir(model, bi_tok, path):
+    model.save_pretrained(path)
+    save_hf_tokenizer(bi_tok, path)
+    return path
+
+
+BATCH = torch.randint(0, VOCAB, (2, 40), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("qk_norm,tied", [(True, True), (False, False)])
+def test_hf_native_hf_round_trip(bi_tok, tmp_path, qk_norm, tied):
+    src = hf_model(qk_norm, tied)
+    save_hf_dir(src, bi_tok, tmp_path / "src")
+    native = load_native(tmp_path / "src")
+    assert native.config.qk_norm == qk_norm and native.config.tie_embeddings == tied
+    with torch.no_grad():
+        want = src(BATCH).logits
+        assert (native(BATCH) - want).abs().max().item() < 1e-4
+        assert (tiny_native(VOCAB, qk_norm, tied)(BATCH) - want).abs().max().item() > 1e-2  # not by chance
+    back = save_native(native, tmp_path / "back", tokenizer_from=tmp_path / "src")
+    again = AutoModelForCausalLM.from_pretrained(back, dtype=torch.float32).eval()
+    assert type(again) is type(src)
+    with torch.no_grad():
+        assert (again(BATCH).logits - want).abs().max().item() < 1e-4
+    sd_src, sd_back = src.state_dict(), again.state_dict()
+    assert sd_src.keys() == sd_back.keys() and all(torch.equal(sd_src[k], sd_back[k]) for k in sd_src)
+    tok = AutoTokenizer.from_pretrained(back)
+    assert tok("태초에")["input_ids"] == AutoTokenizer.from_pretrained(tmp_path / "src")("태초에")["input_ids"]
+
+
+def test_native_export_loads_back_into_native(bi_tok, tmp_path):
+    from minimodel.export import export_model
+
+    model = tiny_native(VOCAB, qk_norm=True)
+    out, _ = export_model(model, bi_tok, tmp_path / "core")
+    again = load_native(out)
+    with torch.no_grad():
+        assert torch.equal(again(BATCH), model(BATCH))
+
+
+@pytest.mark.parametrize("make,feature", [
+    (lambda: __import__("transformers").Qwen2Config(num_hidden_layers=1), "attention biases"),
+    (lambda: __import__("transformers").LlamaConfig(num_hidden_layers=1, attention_bias=True), "attention biases"),
+    (lambda: __import__("transformers").MistralConfig(num_hidden_layers=1, sliding_window=64), "sliding-window attention"),
+    (lambda: __import__("transformers").LlamaConfig(num_hidden_layers=1, rope_parameters={
+        "rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}), r"RoPE scaling \(llama3\)"),
+    (lambda: __import__("transformers").Qwen3MoeConfig(num_hidden_layers=1), "architecture 'qwen3_moe'"),
+    (lambda: __import__("transformers").LlamaConfig(num_hidden_layers=1, hidden_act="gelu"), "activation 'gelu'"),
+])
+def test_unexpressible_architectures_name_the_feature(tmp_path, make, feature):
+    make().save_pretrained(tmp_path)
+    with pytest.raises(UserError, match=f"cannot load into the native model: it uses {feature}"):
+        load_native(tmp_path)
+
+
+def test_mistral_without_sliding_window_is_native(bi_tok, tmp_path):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    cfg = MistralConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=None)
+    torch.manual_seed(0)
+    src = MistralForCausalLM(cfg).eval()
+    save_hf_dir(src, bi_tok, tmp_path)
+    with torch.no_grad():
+        assert (load_native(tmp_path)(BATCH) - src(BATCH).logits).abs().max().item() < 1e-4
+
+
+def test_load_base_from_a_directory_and_a_run(bi_tok, tmp_path):
+    src = save_hf_dir(hf_model(True, True), bi_tok, tmp_path / "run" / "final")
+    (tmp_path / "run" / "config.toml").write_text("")
+    model, tok, where = load_base(tmp_path / "run")
+    assert where == src and type(model).__name__ == "Qwen3ForCausalLM"
+    assert tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                   add_generation_prompt=True).endswith("<|im_start|>assistant\n")
+
+
+def test_base_errors_are_clear(bi_tok, tmp_path):
+    with pytest.raises(UserError, match="base model not found: ./nowhere"):
+        resolve_base("./nowhere")
+    with pytest.raises(UserError, match="not in the local cache and the hub is offline"):
+        resolve_base("minimodel-test/does-not-exist")  # HF_HUB_OFFLINE=1: answered from the cache
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="not a Hugging Face model directory"):
+        resolve_base(tmp_path / "empty")
+    # tokenizer with more tokens than the model has embedding rows
+    from transformers import LlamaConfig
+
+    small = AutoModelForCausalLM.from_config(LlamaConfig(vocab_size=1024, hidden_size=32, intermediate_size=64,
+                                                         num_hidden_layers=1, num_attention_heads=2))
+    save_hf_dir(small, bi_tok, tmp_path / "small")
+    with pytest.raises(UserError, match="tokenizer has 2048 tokens but the model embeds only 1024"):
+        load_base(tmp_path / "small")
+    from transformers import GPT2Config
+
+    GPT2Config(n_layer=1).save_pretrained(tmp_path / "gpt2")
+    with pytest.raises(UserError, match="model type 'gpt2' is not a supported base"):
+        load_base(tmp_path / "gpt2")
+
+
+def test_gguf_import_f32_is_exact_and_cached(bi_tok, tmp_path):
+    import sentencepiece as spm
+
+    src = hf_model(False, False)
+    gguf_file = write_gguf(src, bi_tok, tmp_path / "tiny-llama-f32.gguf")
+    out = resolve_base(gguf_file, gguf_dir=tmp_path / "converted")
+    assert {p.name for p in out.iterdir()} >= {"config.json", "model.safetensors", "tokenizer.json"}
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    with torch.no_grad():
+        assert (model(BATCH).logits - src(BATCH).logits).abs().max().item() < 1e-5
+    tok, sp = AutoTokenizer.from_pretrained(out), spm.SentencePieceProcessor(model_file=str(bi_tok))
+    text = "In the beginning God created the heaven and the earth. 태초에 하나님이 천지를 창조하시니라"
+    assert tok(text, add_special_tokens=False)["input_ids"] == sp.encode(text)
+    stamp = (out / "model.safetensors").stat().st_mtime_ns
+    assert gguf_to_hf(gguf_file, tmp_path / "converted") == out
+    assert (out / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not converted again
+    assert load_native(gguf_file).config.head_dim == 16  # a .gguf path works wherever a base is named
+
+
+def test_gguf_import_dequantises_q8_0(bi_tok, tmp_path, monkeypatch):
+    """A Q8_0 Qwen3-shaped file (head_dim 16, which transformers' qwen3 GGUF reader alone gets wrong)."""
+    import gguf
+
+    monkeypatch.setenv("MINIMODEL_CACHE", str(tmp_path / "cache"))
+    src = hf_model(True, True)
+    gguf_file = write_gguf(src, bi_tok, tmp_path / "tiny-qwen3-q8_0.gguf", quant=gguf.GGMLQuantizationType.Q8_0)
+    out = resolve_base(gguf_file)
+    assert out.parent == tmp_path / "cache" / "gguf"
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    # the reference: the source weights through Q8_0 and back
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    with torch.no_grad():
+        for name, p in src.named_parameters():
+            if p.ndim == 2:
+                p.copy_(torch.from_numpy(gguf.quants.dequantize(gguf.quants.quantize(p.numpy(), q8), q8)))
+        sd = model.state_dict()
+        assert all(torch.equal(sd[k], v) for k, v in src.state_dict().items())
+        assert (model(BATCH).logits - src(BATCH).logits).abs().max().item() < 1e-5
+    meta = json.loads((out / "minimodel_import.json").read_text())
+    assert meta["source"].endswith("tiny-qwen3-q8_0.gguf") and "sentencepiece" in meta["tokenizer"]
+    native = load_native(gguf_file)
+    with torch.no_grad():
+        assert (native(BATCH) - model(BATCH).logits).abs().max().item() < 1e-4
+    assert np.isfinite(native(BATCH).detach().numpy()).all()
