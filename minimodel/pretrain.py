@@ -42,6 +42,26 @@ def git_commit() -> str:
         return ""
 
 
+def command_line() -> str:
+    """How this stage was launched, as a user would retype it (no machine paths)."""
+    prefix = "torchrun -m" if "LOCAL_RANK" in os.environ else "python -m"
+    script = Path(sys.argv[0]).resolve()
+    root = Path(__file__).resolve().parent.parent
+    try:  # the entry module (pretrain, or a driver such as the ablation) as a dotted name
+        entry = ".".join(script.relative_to(root).with_suffix("").parts)
+    except ValueError:
+        entry, prefix = script.name, "python"
+    return " ".join([prefix, entry, *sys.argv[1:]])
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    import platform
+
+    return f"cpu: {os.cpu_count()} cores, {platform.machine()}"
+
+
 def check_same_run(run_dir: Path, resolved: dict) -> None:
     """A run directory holds one experiment: refuse to resume it under another config."""
     import tomllib
@@ -82,8 +102,8 @@ def run(cfg: RunConfig) -> dict:
         if dist.is_main:
             preflight(run_dir, model, n_optim_states=2)
             write_text(run_dir / "config.toml", dump_toml({**resolved, "run": {
-                "commit": git_commit(), "command": " ".join(sys.argv), "world_size": dist.world_size,
-                "params": model.num_params()}}))
+                "commit": git_commit(), "command": command_line(), "world_size": dist.world_size,
+                "device": device_description(dist.device), "params": model.num_params()}}))
         barrier(dist)
         tok_path = train_data.data_dir / train_data.manifest["tokenizer"]["file"]
         token_bytes = token_byte_lengths(tok_path, mcfg.vocab_size)

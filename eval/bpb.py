@@ -1,0 +1,196 @@
+"""Held-out bits per byte: the cross-language, cross-tokenizer metric.
+
+    python -m eval.bpb runs/quickstart/core --data data/demo_en --data data/demo_ko
+    python -m eval.bpb hf_dir --data ko_news=news.jsonl --out results/bpb.json
+    python -m eval.bpb runs/cpt --data data/demo_ko:val          # token shards (same tokenizer only)
+
+bpb = (sum of the NLL, in nats, of the text's tokens) / ln 2 / (UTF-8 bytes of the text).
+Text sets are tokenised by the model's own tokenizer; each document is conditioned on EOS
+(as in the pretraining stream; BOS for tokenizers without EOS) and has no end token scored. Documents longer than the
+context are scored with a sliding window (stride ctx/2 by default): every token is scored
+once, with at least ctx - stride tokens of context. Token-shard sets (DIR:SPLIT) score the
+stream as pretraining did, EOS included, over the split's document bytes.
+
+A set is DIR (a prepared set: its heldout.jsonl), DIR:SPLIT (its token shards), a .jsonl
+({"text"[, "lang"]}) or .txt file, optionally named NAME=SET. Names start with a language
+code (en_heldout, ko_news); it is taken from the set's manifest or jsonl "lang" when unnamed.
+Writes RUN_DIR/eval/bpb.json for a run directory (or --out).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from data_prep.atomic import write_json
+from minimodel.errors import UserError, cli_entry
+from eval.models import LoadedModel, load_model, small_model_threads
+from eval.scoring import score_docs
+
+NAME_RE = re.compile(r"^[a-z]{2,3}(_[A-Za-z0-9.\-]+)*$")
+
+
+def _manifest(d: Path) -> dict:
+    p = d / "manifest.json"
+    return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+
+
+def read_texts(path: Path) -> tuple[list[str], str | None]:
+    """Documents of a .jsonl ({"text"}) or .txt file (one document), and their language if stated."""
+    if path.suffix == ".txt":
+        return [path.read_text(encoding="utf-8")], None
+    docs, langs = [], set()
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{n} is not JSON ({e}); one {{\"text\": ...}} object per line") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
+            raise UserError(f"{path}:{n} has no \"text\" string field")
+        docs.append(rec["text"])
+        if rec.get("lang"):
+            langs.add(rec["lang"])
+    return docs, (langs.pop() if len(langs) == 1 else None)
+
+
+def parse_set(spec: str) -> dict:
+    """NAME=PATH[:SPLIT] -> {"name", "kind": text|shards, "path", "split"}."""
+    name, _, rest = spec.rpartition("=") if "=" in spec else ("", "", spec)
+    split = None
+    path = Path(rest)
+    if not path.exists() and ":" in rest:
+        head, _, split = rest.rpartition(":")
+        path = Path(head)
+    if not path.exists():
+        raise UserError(f"held-out set not found: {path} (a prepared set dir, DIR:SPLIT, .jsonl or .txt)")
+    lang = None
+    if path.is_dir():
+        man = _manifest(path)
+        if not man:
+            raise UserError(f"{path} is a directory without manifest.json: not a prepared set")
+        lang = man.get("language")
+        if split is None:
+            held = path / (man.get("heldout", {}).get("file") or "heldout.jsonl")
+            if not held.is_file():
+                raise UserError(f"{path} has no held-out text ({held.name}); give DIR:val to score its token shards")
+            kind, file, stem = "text", held, "heldout"
+        else:
+            kind, file, stem = "shards", path, split
+    else:
+        if path.suffix not in (".jsonl", ".txt"):
+            raise UserError(f"{path}: held-out text must be .jsonl or .txt")
+        kind, file, stem = "text", path, path.stem
+        lang = _manifest(path.parent).get("language")
+    if not name:
+        if kind == "text" and file.suffix == ".jsonl":
+            lang = read_texts(file)[1] or lang
+        if not lang:
+            raise UserError(f"cannot tell the language of {spec}; name it LANG_NAME=... (e.g. en_{stem}={spec})")
+        name = stem if stem.startswith(f"{lang}_") else f"{lang}_{stem}"  # en_news.jsonl -> en_news
+    if not NAME_RE.match(name):
+        raise UserError(f"set name {name!r} must start with a language code, e.g. en_heldout or ko_news")
+    return {"name": name, "kind": kind, "path": file, "split": split}
+
+
+def shard_docs(set_dir: Path, split: str, lm: LoadedModel) -> tuple[list[list[int]], int, int]:
+    """Token documents (each ending in EOS) of a prepared split, its bytes and its EOS id."""
+    from minimodel.data import read_manifest
+
+    man = read_manifest(set_dir)
+    if split not in man["splits"]:
+        raise UserError(f"{set_dir} has no split {split!r}; it has {sorted(man['splits'])}")
+    theirs = man["tokenizer"]["sha256"]
+    if lm.tokenizer.sha256 != theirs:
+        raise UserError(f"{set_dir} was tokenised with another tokenizer than {lm.name}'s (sha256 {theirs[:12]} vs "
+                        f"{(lm.tokenizer.sha256 or 'not sentencepiece')[:12]}); score its held-out text instead ({set_dir})")
+    dtype = np.dtype(man["dtype"]).newbyteorder("<")
+    tokens = np.concatenate([np.fromfile(set_dir / s["file"], dtype=dtype) for s in man["splits"][split]["shards"]])
+    eos = int(man["eos_id"])
+    cuts = np.flatnonzero(tokens == eos) + 1
+    docs = [d.tolist() for d in np.split(tokens.astype(np.int64), cuts) if len(d)]
+    return docs, int(man["splits"][split]["bytes"]), eos
+
+
+def bits_per_byte(lm: LoadedModel, s: dict, ctx: int | None = None, stride: int | None = None,
+                  batch_size: int = 16, max_docs: int | None = None) -> dict:
+    ctx = ctx or lm.context
+    stride = stride or max(ctx // 2, 1)
+    if stride > ctx:
+        raise UserError(f"--stride {stride} is larger than the context {ctx}")
+    if s["kind"] == "text":
+        texts = read_texts(Path(s["path"]))[0][:max_docs]
+        if not texts:
+            raise UserError(f"{s['path']} holds no documents")
+        docs = [lm.tokenizer.encode(t) for t in texts]
+        n_bytes, prefix = sum(len(t.encode("utf-8")) for t in texts), None
+    else:
+        if max_docs:
+            raise UserError("--max-docs applies to text sets only")
+        docs, n_bytes, prefix = shard_docs(Path(s["path"]), s["split"], lm)
+    with small_model_threads(lm):
+        nll = -sum(score_docs(lm, docs, ctx, stride, batch_size, prefix_id=prefix))
+    return {"bpb": nll / math.log(2) / n_bytes, "nll_nats": nll, "bytes": n_bytes,
+            "tokens": sum(len(d) for d in docs), "docs": len(docs), "source": str(s["path"]),
+            "kind": s["kind"], "split": s["split"], "context": ctx, "stride": stride}
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="python -m eval.bpb", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", help="run dir, Hugging Face dir, or adapter dir")
+    ap.add_argument("--adapter", help="peft adapter to apply on MODEL")
+    ap.add_argument("--data", action="append", required=True, help="held-out set (repeatable)")
+    ap.add_argument("--out", help="output JSON (default RUN_DIR/eval/bpb.json)")
+    ap.add_argument("--ctx", type=int, help="context length (default: the run's training seq_len)")
+    ap.add_argument("--stride", type=int, help="sliding-window stride (default ctx/2)")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--max-docs", type=int, help="score only the first N documents of text sets")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--stage", help="stage label for the report (base, cpt, sft, ...); default from config.toml")
+    ap.add_argument("--base", help="the model this one was adapted from (run dir or name), for the report")
+    return ap.parse_args(argv)
+
+
+def output_path(lm: LoadedModel, out: str | None, file: str) -> Path:
+    if out:
+        return Path(out)
+    if lm.run_dir is None:
+        raise UserError(f"{lm.name} is not a run directory; say where to write the results with --out")
+    return lm.run_dir / "eval" / file
+
+
+def model_meta(lm: LoadedModel, args, module: str, argv: list[str]) -> dict:
+    return {"model": lm.name, **lm.source, "stage": args.stage, "base": args.base,
+            "command": shlex.join(["python", "-m", module, *argv])}
+
+
+@cli_entry
+def main(argv=None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    sets = [parse_set(s) for s in args.data]
+    dupes = {s["name"] for s in sets if [t["name"] for t in sets].count(s["name"]) > 1}
+    if dupes:
+        raise UserError(f"two held-out sets are named {sorted(dupes)}; name them NAME=PATH")
+    lm = load_model(args.model, args.adapter, args.device, args.ctx)
+    out = output_path(lm, args.out, "bpb.json")
+    results = {}
+    for s in sets:
+        results[s["name"]] = r = bits_per_byte(lm, s, args.ctx, args.stride, args.batch_size, args.max_docs)
+        print(f"{lm.name}  {s['name']:<16} {r['bpb']:.4f} bits/byte  ({r['docs']} docs, {r['tokens']} tokens, "
+              f"{r['bytes']} bytes, ctx {r['context']}, stride {r['stride']})", file=sys.stderr)
+    doc = {**model_meta(lm, args, "eval.bpb", argv), "sets": results}
+    write_json(out, doc)
+    return doc
+
+
+if __name__ == "__main__":
+    main()

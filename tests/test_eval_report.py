@@ -1,0 +1,96 @@
+"""The forgetting report rendered from small real runs: an English core and a model trained
+on Korean (a full fine-tuning stand-in for CPT), each evaluated in both languages."""
+import json
+import shutil
+
+import pytest
+
+from conftest import read_docs, tiny_overrides
+from minimodel.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def runs(english_set, tmp_path_factory):
+    from data_prep.shards import prepare_from_docs
+    from eval.bpb import main as bpb
+    from eval.generations import main as generations
+    from minimodel.config import load_config
+    from minimodel.pretrain import run
+
+    root = tmp_path_factory.mktemp("report_runs")
+    ko = read_docs("korean_1961.jsonl")
+    korean = root / "korean_set"  # the English tokenizer (byte fallback) so both runs share it
+    prepare_from_docs(korean, english_set / "tokenizer.model", {"train": ko[:40], "val": ko[40:45]},
+                      extra_manifest={"language": "ko"})
+    en = read_docs("english_web.jsonl")
+    english = root / "english_set"  # english_set with its language stated, as data_prep.prepare writes it
+    prepare_from_docs(english, english_set / "tokenizer.model", {"train": en[:80], "val": en[80:]},
+                      extra_manifest={"language": "en"})
+    held = {}
+    for lang, docs in (("en", read_docs("english_web.jsonl")[80:83]), ("ko", ko[45:48])):
+        held[lang] = root / f"{lang}_heldout.jsonl"
+        held[lang].write_text("".join(json.dumps({"text": d[:1500], "lang": lang}) + "\n" for d in docs))
+    core, cpt = root / "core", root / "cpt"
+    run(load_config(None, tiny_overrides(english, core)))
+    run(load_config(None, tiny_overrides(korean, cpt, **{"train.steps": 20, "train.seed": 7})))
+    for r, extra in ((core, []), (cpt, ["--stage", "cpt", "--base", str(core)])):
+        bpb([str(r), "--data", str(held["en"]), "--data", str(held["ko"]), *extra])
+        generations([str(r), "--max-new-tokens", "8", *extra])
+    return root, core, cpt
+
+
+def test_report_from_real_runs(runs, tmp_path):
+    from eval.report import main
+
+    root, core, cpt = runs
+    out = tmp_path / "report"
+    main([str(core), str(cpt), "--out", str(out), "--usd-per-gpu-hour", "2"])
+    rep = json.loads((out / "report.json").read_text())
+    bpb = {n: json.loads((r / "eval" / "bpb.json").read_text())["sets"] for n, r in (("core", core), ("cpt", cpt))}
+    assert set(rep["models"]) == {"core", "cpt"}
+    assert rep["models"]["core"]["stage"] == "base" and rep["models"]["core"]["base"] is None
+    assert rep["models"]["cpt"]["stage"] == "cpt" and rep["models"]["cpt"]["base"] == "core"
+    for name, m in rep["models"].items():
+        assert m["bpb"] == {s: v["bpb"] for s, v in bpb[name].items()}
+        assert all(s.split("_")[0] in ("en", "ko") for s in m["bpb"])
+        assert m["params"] > 0 and m["tokens"] > 0 and m["wall_s"] > 0
+        assert m["cost_usd"] == pytest.approx(m["wall_s"] / 3600 * 2)
+        assert m["language"] == {"core": "en", "cpt": "ko"}[name]
+        assert set(m["repetition"]) >= {"greedy_distinct_2", "sampled_distinct_2"}
+    rows = {f["set"]: f for f in rep["forgetting"]}
+    assert set(rows) == {"en_heldout", "ko_heldout"}
+    for s, f in rows.items():
+        assert (f["base"], f["adapted"]) == ("core", "cpt")
+        assert f["bpb_base"] == bpb["core"][s]["bpb"] and f["bpb_adapted"] == bpb["cpt"][s]["bpb"]
+        assert f["relative"] == pytest.approx((f["bpb_adapted"] - f["bpb_base"]) / f["bpb_base"])
+    assert [v.split(" ")[0] for v in rep["verdicts"]["cpt"]] == ["English", "Korean"]
+    bwt = rep["backward_transfer"]["cpt"]  # core's English, from after the core to after the CPT
+    assert [t["set"] for t in bwt["terms"]] == ["en_heldout"] and bwt["bwt"] == pytest.approx(rows["en_heldout"]["absolute"])
+    assert {p["model"] for p in rep["pareto"]} == {"core", "cpt"} and any(p["pareto"] for p in rep["pareto"])
+    assert rep["reproduce"]["core"]["seed"] == 1337 and rep["reproduce"]["cpt"]["seed"] == 7
+    assert any("eval.bpb" in c for c in rep["reproduce"]["cpt"]["eval"])
+    md = (out / "report.md").read_text()
+    assert "| run | stage | base |" in md and "| cpt | cpt | core |" in md
+    assert rep["verdicts"]["cpt"][0] in md and "## Generations" in md and "## Reproduce" in md
+    for p in rep["plots"]:
+        assert (out / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {"plots/loss.png", "plots/forgetting_curve.png", "plots/pareto.png"} == set(rep["plots"])
+
+
+def test_report_refuses_incomplete_input(runs, tmp_path, capsys):
+    from eval.report import build, main
+
+    root, core, cpt = runs
+    bare = tmp_path / "bare"
+    shutil.copytree(core, bare, ignore=shutil.ignore_patterns("eval", "checkpoints"))
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        main([str(core), str(bare), "--out", str(out)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "eval/bpb.json" in err and "bits-per-byte" in err and str(bare) in err
+    assert not out.exists()  # nothing written
+    with pytest.raises(UserError, match="base .* is not among the report's runs"):
+        build([cpt])
+    with pytest.raises(UserError, match="not a run directory"):
+        build([tmp_path])
