@@ -6,6 +6,7 @@ bits_per_byte on a held-out text equals `python -m eval.bpb` on it (same context
 """
 from __future__ import annotations
 
+import lm_eval.models  # noqa: F401  built-ins ("hf", ...) first: registering ours must not hide them
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 

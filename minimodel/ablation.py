@@ -45,14 +45,14 @@ class Preset:
 
 PRESETS = {
     # ~1.3M params on the English demo set, 250 steps x 4096 tokens (~1 epoch): ~75 s a run
-    # on 2 CPU cores, 4 arms x (4 lrs + 1 extra seed) = 20 runs.
+    # on 2 CPU cores, 4 arms x (5 lrs + 1 extra seed) = 24 runs.
     "cpu": Preset(
         overrides={"data.path": "data/demo_en_base", "data.seq_len": 256, "model.preset": "tiny",
                    "model.vocab_size": 4096, "train.steps": 250, "train.micro_batch": 16,
                    "train.eval_every": 25, "train.eval_batches": 4, "train.ckpt_every": 300,
                    "train.attn_logit_every": 25, "optim.warmup_steps": 25, "optim.schedule": "cosine",
                    "optim.min_lr_frac": 0.0, "train.dtype": "bf16"},
-        lrs=[0.003, 0.01, 0.03, 0.1],
+        lrs=[0.001, 0.003, 0.01, 0.03, 0.1],
         notes="tiny core (1.3M params) on data/demo_en_base (English-only 4096 tokenizer), 1.0M tokens per run"),
     # MiniMind2's 104M shape at seq 1024; ~1B tokens per run. Point DATA at a prepared corpus.
     "gpu104m": Preset(

@@ -96,6 +96,68 @@ class RunConfig:
         return out
 
 
+# Adapter stages (continued pretraining, SFT): the model comes from a base, so there is no
+# [model] section; LoRA, the base and (for CPT) replay get their own sections.
+DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class BaseConfig:
+    path: str = ""                      # a minimodel run directory (its final/), a Hugging Face dir, or a hub id
+    trust_remote_code: bool = False     # only for hub architectures that need it, when you trust them
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = True                # false: full fine-tuning through the same stage (the reference arm)
+    backend: str = "peft"               # "peft" (CPU and GPU) | "unsloth" (GPU; Hugging Face bases)
+    rank: int = 128
+    alpha: float = 32.0
+    rslora: bool = True                 # scale alpha / sqrt(rank) instead of alpha / rank
+    dropout: float = 0.0
+    target_modules: list = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
+    train_embeddings: bool = True       # embed_tokens and lm_head trained fully, at their own lr
+    embedding_lr_mult: float = 0.2      # their lr = optim.lr x this (unsloth's recipe: 1e-5 for 5e-5)
+    load_in_4bit: bool = False          # unsloth backend: 4-bit (QLoRA) frozen base
+
+
+@dataclass
+class ReplayConfig:
+    path: str = ""                      # a prepared set of the original language (same tokenizer as data.path)
+    ratio: float = 0.0                  # share of training windows drawn from it: 0, 0.05, 0.25 ...
+    val_split: str = "val"
+
+
+@dataclass
+class EvalConfig:
+    sets: list = field(default_factory=list)  # more prepared sets whose held-out bpb is logged as val_bpb_<name>
+
+
+def _stage_optim() -> OptimConfig:
+    # The reference recipe (unsloth CPT): AdamW 5e-5, no decay on adapters, re-warmup then decay.
+    return OptimConfig(name="adamw", lr=5e-5, adam_lr=5e-5, weight_decay=0.0, warmup_steps=10)
+
+
+@dataclass
+class StageConfig:
+    """What a stage on top of a base reads: continued pretraining and SFT."""
+    base: BaseConfig = field(default_factory=BaseConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    optim: OptimConfig = field(default_factory=_stage_optim)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict:
+        return {f.name: dataclasses.asdict(getattr(self, f.name)) for f in fields(self)}
+
+
+@dataclass
+class CptConfig(StageConfig):
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+
+
 SECTIONS = {f.name: f for f in fields(RunConfig)}
 MODEL_KEYS = {f.name for f in fields(ModelConfig)} | {"preset"}
 CHOICES = {
@@ -104,6 +166,7 @@ CHOICES = {
     ("optim", "schedule"): ("cosine", "wsd", "constant"),
     ("train", "dtype"): ("bf16", "fp32"),
     ("train", "device"): ("auto", "cpu", "cuda"),
+    ("lora", "backend"): ("peft", "unsloth"),
 }
 
 
@@ -136,19 +199,25 @@ def _coerce(section: str, key: str, value: Any, typ) -> Any:
         if not isinstance(value, str):
             raise UserError(f"config key {where} must be a string, got {value!r}")
         return value
+    if typ is list:  # a list of strings (TOML array, or "a,b" on the command line)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise UserError(f"config key {where} must be a list of strings, got {value!r}")
+        return value
     return value
 
 
-def _section_dataclass(section: str):
-    return get_type_hints(RunConfig)[section]
+def _section_dataclass(section: str, cls=RunConfig):
+    return get_type_hints(cls)[section]
 
 
-def _parse_override(item: str) -> tuple[str, str, Any]:
+def _parse_override(item: str, cls=RunConfig) -> tuple[str, str, Any]:
     if "=" not in item or "." not in item.split("=", 1)[0]:
         raise UserError(f"bad override {item!r}: write section.key=value, e.g. optim.lr=0.01")
     dotted, raw = item.split("=", 1)
     section, key = dotted.strip().split(".", 1)
-    if _is_string_key(section, key) and not raw.startswith(('"', "'")):
+    if _is_string_key(section, key, cls) and not raw.startswith(('"', "'")):
         return section, key, raw  # paths and names stay text, even "2024" or "1e3"
     try:  # TOML literal (numbers, booleans, quoted strings), else a bare string
         value = tomllib.loads(f"v = {raw}")["v"]
@@ -157,26 +226,28 @@ def _parse_override(item: str) -> tuple[str, str, Any]:
     return section, key, value
 
 
-def _is_string_key(section: str, key: str) -> bool:
-    if section == "model":
+def _is_string_key(section: str, key: str, cls=RunConfig) -> bool:
+    sections = {f.name for f in fields(cls)}
+    if section == "model" and "model" in sections:
         return key == "preset"
-    if section not in SECTIONS:
+    if section not in sections:
         return False
-    return get_type_hints(_section_dataclass(section)).get(key) is str
+    return get_type_hints(_section_dataclass(section, cls)).get(key) is str
 
 
-def build_config(raw: dict) -> RunConfig:
-    """Validate a nested dict (as read from TOML) into a RunConfig."""
+def build_config(raw: dict, cls=RunConfig):
+    """Validate a nested dict (as read from TOML) into a RunConfig (or another stage's `cls`)."""
     if not isinstance(raw, dict):
         raise UserError("config must be a table of sections")
-    unknown = sorted(set(raw) - set(SECTIONS))
+    sections = {f.name for f in fields(cls)}
+    unknown = sorted(set(raw) - sections)
     if unknown:
-        raise UserError(f"unknown config section(s) {unknown}; valid sections: {sorted(SECTIONS)}")
-    cfg = RunConfig()
+        raise UserError(f"unknown config section(s) {unknown}; valid sections: {sorted(sections)}")
+    cfg = cls()
     for section, values in raw.items():
         if not isinstance(values, dict):
             raise UserError(f"config section [{section}] must be a table, got {values!r}")
-        if section == "model":
+        if section == "model" and cls is RunConfig:
             bad = sorted(set(values) - MODEL_KEYS)
             if bad:
                 raise UserError(f"unknown config key(s) model.{bad[0]}; valid model keys: {sorted(MODEL_KEYS)}")
@@ -188,7 +259,7 @@ def build_config(raw: dict) -> RunConfig:
                 raise UserError(f"unknown model.preset {model['preset']!r}; choose one of {sorted(PRESETS)}")
             cfg.model = model
             continue
-        dc = _section_dataclass(section)
+        dc = _section_dataclass(section, cls)
         hints = get_type_hints(dc)
         obj = getattr(cfg, section)
         for k, v in values.items():
@@ -198,12 +269,13 @@ def build_config(raw: dict) -> RunConfig:
             if (section, k) in CHOICES and v not in CHOICES[(section, k)]:
                 raise UserError(f"config key {section}.{k} must be one of {CHOICES[(section, k)]}, got {v!r}")
             setattr(obj, k, v)
-    cfg.model_config()  # validate the model shape now, not at the first step
+    if isinstance(cfg, RunConfig):
+        cfg.model_config()  # validate the model shape now, not at the first step
     _check_ranges(cfg)
     return cfg
 
 
-def _check_ranges(cfg: RunConfig) -> None:
+def _check_ranges(cfg) -> None:
     positive = [("train", "steps"), ("train", "micro_batch"), ("train", "grad_accum"),
                 ("data", "seq_len"), ("train", "eval_batches"), ("train", "keep_last"),
                 ("optim", "lr"), ("optim", "adam_lr")]
@@ -212,12 +284,42 @@ def _check_ranges(cfg: RunConfig) -> None:
             raise UserError(f"config key {section}.{key} must be > 0")
     if not 0 <= cfg.optim.decay_frac <= 1 or not 0 <= cfg.optim.min_lr_frac <= 1:
         raise UserError("optim.decay_frac and optim.min_lr_frac must lie in [0, 1]")
+    if isinstance(cfg, StageConfig):
+        _check_stage(cfg)
+        return
     if cfg.data.seq_len > cfg.model_config().max_seq_len:
         raise UserError(f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len="
                         f"{cfg.model_config().max_seq_len}; raise model.max_seq_len")
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+def _check_stage(cfg: StageConfig) -> None:
+    if not cfg.base.path:
+        raise UserError("config key base.path is empty: name the base (a minimodel run directory, "
+                        "a Hugging Face directory or a hub id)")
+    lc = cfg.lora
+    if lc.rank <= 0:
+        raise UserError(f"config key lora.rank must be > 0, got {lc.rank}")
+    if lc.alpha <= 0:
+        raise UserError(f"config key lora.alpha must be > 0, got {lc.alpha}")
+    if not 0 <= lc.dropout < 1:
+        raise UserError(f"config key lora.dropout must lie in [0, 1), got {lc.dropout}")
+    if lc.embedding_lr_mult <= 0:
+        raise UserError(f"config key lora.embedding_lr_mult must be > 0, got {lc.embedding_lr_mult}")
+    if lc.enabled and not lc.target_modules:
+        raise UserError("config key lora.target_modules is empty; name the linear layers to adapt, e.g. q_proj,v_proj")
+    if lc.backend == "unsloth" and not lc.enabled:
+        raise UserError("lora.backend=unsloth needs lora.enabled=true; full fine-tuning runs on the peft backend")
+    if lc.load_in_4bit and lc.backend != "unsloth":
+        raise UserError("lora.load_in_4bit=true needs lora.backend=unsloth (a GPU and bitsandbytes)")
+    replay = getattr(cfg, "replay", None)
+    if replay is not None:
+        if not 0 <= replay.ratio < 1:
+            raise UserError(f"config key replay.ratio must lie in [0, 1), got {replay.ratio}")
+        if replay.ratio > 0 and not replay.path:
+            raise UserError(f"replay.ratio={replay.ratio} but replay.path is empty; name the original-language set")
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), cls=RunConfig):
     raw: dict = {}
     if path is not None:
         path = Path(path)
@@ -228,12 +330,12 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise UserError(f"config file {path} is not valid TOML: {e}") from None
     for item in overrides:
-        section, key, value = _parse_override(item)
+        section, key, value = _parse_override(item, cls)
         raw.setdefault(section, {})
         if not isinstance(raw[section], dict):
             raise UserError(f"config section [{section}] must be a table")
         raw[section][key] = value
-    return build_config(raw)
+    return build_config(raw, cls)
 
 
 def dump_toml(d: dict) -> str:

@@ -37,27 +37,33 @@ def split_params(model: nn.Module) -> ParamGroups:
     return groups
 
 
-def build_optimizers(model: nn.Module, cfg: OptimConfig) -> list[torch.optim.Optimizer]:
+def build_optimizers(model: nn.Module, cfg: OptimConfig, embed_lr: float | None = None) -> list[torch.optim.Optimizer]:
+    """`embed_lr` (adapter stages) gives embed_tokens/lm_head their own learning rate; None keeps
+    pretraining's grouping (adam_lr under muon, lr under adamw). LoRA factors count as hidden matrices."""
     g = split_params(model)
     adam_kw = dict(betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
     if cfg.name == "muon":
-        # torch's Muon accepts any 2-D tensor, embeddings included: only hidden matrices go in.
-        muon = torch.optim.Muon(
-            [{"params": g.hidden}],
-            lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum,
-            adjust_lr_fn=cfg.muon_adjust_lr_fn,
-        )
-        adamw = torch.optim.AdamW([
-            {"params": g.embeddings, "weight_decay": cfg.weight_decay},
-            {"params": g.norms, "weight_decay": 0.0},
-        ], lr=cfg.adam_lr, **adam_kw)
-        optimizers = [muon, adamw]
+        optimizers = []
+        if g.hidden:  # torch's Muon accepts any 2-D tensor, embeddings included: only hidden matrices go in.
+            optimizers.append(torch.optim.Muon(
+                [{"params": g.hidden}],
+                lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum,
+                adjust_lr_fn=cfg.muon_adjust_lr_fn,
+            ))
+        emb = {"params": g.embeddings, "weight_decay": cfg.weight_decay}
+        if embed_lr is not None:
+            emb["lr"] = embed_lr
+        adam_groups = [x for x in (emb, {"params": g.norms, "weight_decay": 0.0}) if x["params"]]
+        if adam_groups:
+            optimizers.append(torch.optim.AdamW(adam_groups, lr=cfg.adam_lr, **adam_kw))
     elif cfg.name == "adamw":
-        matrices = g.hidden + g.embeddings
-        optimizers = [torch.optim.AdamW([
-            {"params": matrices, "weight_decay": cfg.weight_decay},
-            {"params": g.norms, "weight_decay": 0.0},
-        ], lr=cfg.lr, **adam_kw)]
+        if embed_lr is None:
+            groups = [{"params": g.hidden + g.embeddings, "weight_decay": cfg.weight_decay}]
+        else:
+            groups = [{"params": g.hidden, "weight_decay": cfg.weight_decay},
+                      {"params": g.embeddings, "weight_decay": cfg.weight_decay, "lr": embed_lr}]
+        groups.append({"params": g.norms, "weight_decay": 0.0})
+        optimizers = [torch.optim.AdamW([x for x in groups if x["params"]], lr=cfg.lr, **adam_kw)]
     else:
         raise ValueError(f"unknown optimizer {cfg.name!r}; choose 'muon' or 'adamw'")
     for opt in optimizers:

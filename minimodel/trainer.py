@@ -49,7 +49,8 @@ def preflight(out_dir: Path, model: nn.Module, n_optim_states: int) -> None:
 @torch.no_grad()
 def evaluate(model: nn.Module, val: TokenShards, cfg: RunConfig, dist: DistInfo,
              token_bytes: torch.Tensor | None) -> dict:
-    """Mean validation loss (nats/token) and bits per byte over a fixed set of windows."""
+    """Mean validation loss (nats/token) and bits per byte over a fixed set of windows.
+    Targets of -100 (SFT prompt tokens, padding) count neither as tokens nor as bytes."""
     was_training = model.training
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64)  # nll, tokens, bytes
@@ -58,12 +59,13 @@ def evaluate(model: nn.Module, val: TokenShards, cfg: RunConfig, dist: DistInfo,
         x, y = x.to(dist.device), y.to(dist.device)
         with autocast_ctx(dist.device, cfg.train.dtype):
             nll = model(x, y, reduction="sum")
+        valid = y.cpu()[y.cpu() != -100]
         sums[0] += nll.double().cpu()
-        sums[1] += y.numel()
-        sums[2] += token_bytes[y.cpu()].sum() if token_bytes is not None else 0
+        sums[1] += valid.numel()
+        sums[2] += token_bytes[valid].sum() if token_bytes is not None else 0
     sums = all_reduce_sum(sums.to(dist.device), dist).cpu()
     model.train(was_training)
-    loss = (sums[0] / sums[1]).item()
+    loss = (sums[0] / sums[1].clamp(min=1)).item()
     if token_bytes is None:  # fall back to the split's average bytes per token
         bpt = val.info["bytes"] / max(val.info["tokens"], 1)
         bpb = loss / math.log(2) / bpt
@@ -75,6 +77,8 @@ def evaluate(model: nn.Module, val: TokenShards, cfg: RunConfig, dist: DistInfo,
 @torch.no_grad()
 def max_attention_logit(model: nn.Module, x: torch.Tensor, cfg: RunConfig, device: torch.device) -> float:
     attn = model.attention_modules()
+    if not attn:  # a transformers base exposes no hook for this diagnostic
+        return float("nan")
     for a in attn:
         a.record_max_logit, a.max_logit = True, None
     with autocast_ctx(device, cfg.train.dtype):
@@ -96,18 +100,27 @@ class TrainState:
 
 def train(model: nn.Module, optimizers: list, cfg: RunConfig, dist: DistInfo, run_dir: Path,
           train_data: TokenShards, val_data: TokenShards, tracker: Tracker,
-          token_bytes: torch.Tensor | None) -> TrainState:
+          token_bytes: torch.Tensor | None, *, make_stream=None, ckpt_model: nn.Module | None = None,
+          extra_val: dict | None = None, val_name: str | None = None) -> TrainState:
+    """`make_stream(position)` replaces the training stream (replay mixes, SFT examples);
+    `ckpt_model` is what checkpoints hold (adapter stages: the trainable tensors only);
+    `extra_val` {name: shards} are evaluated beside val_data and logged as val_bpb_<name>,
+    and val_data's metrics are also logged as val_bpb_<val_name> when given."""
     tc = cfg.train
+    ckpt_model = model if ckpt_model is None else ckpt_model
     ckpt_root = run_dir / "checkpoints"
     state = TrainState()
     found = latest_checkpoint(ckpt_root)
     if found is not None:
         path, meta = found
-        load_checkpoint(path, model, optimizers)
+        load_checkpoint(path, ckpt_model, optimizers)
         state = TrainState(step=meta["step"], position=meta["position"], tokens=meta["tokens"],
                            skipped_steps=meta.get("skipped_steps", 0), elapsed_s=meta.get("elapsed_s", 0.0))
         tracker.write(f"resumed from {path} (step {state.step})")
-    stream = TrainStream(train_data, cfg.train.seed, dist.rank, dist.world_size, state.position)
+    if make_stream is None:
+        stream = TrainStream(train_data, cfg.train.seed, dist.rank, dist.world_size, state.position)
+    else:
+        stream = make_stream(state.position)
 
     net: nn.Module = model
     if dist.enabled:
@@ -122,14 +135,23 @@ def train(model: nn.Module, optimizers: list, cfg: RunConfig, dist: DistInfo, ru
 
     def checkpoint():
         if dist.is_main:
-            save_checkpoint(ckpt_root, state.step, model, optimizers,
+            save_checkpoint(ckpt_root, state.step, ckpt_model, optimizers,
                             {"position": stream.position, "tokens": state.tokens,
                              "skipped_steps": state.skipped_steps, "elapsed_s": state.elapsed_s,
                              "world_size": dist.world_size}, tc.keep_last)
         barrier(dist)
 
+    def evaluate_all() -> dict:
+        metrics = evaluate(model, val_data, cfg, dist, token_bytes)
+        if val_name:
+            metrics.update({f"val_loss_{val_name}": metrics["val_loss"], f"val_bpb_{val_name}": metrics["val_bpb"]})
+        for name, shards in (extra_val or {}).items():
+            m = evaluate(model, shards, cfg, dist, token_bytes)
+            metrics.update({f"val_loss_{name}": m["val_loss"], f"val_bpb_{name}": m["val_bpb"]})
+        return metrics
+
     if state.step == 0:
-        metrics = evaluate(model, val_data, cfg, dist, token_bytes)  # the starting point of the curve
+        metrics = evaluate_all()  # the starting point of the curve
         tracker.log(0, tokens=0, **metrics)
     model.train()
     t_last, tokens_last = time.perf_counter(), state.tokens
@@ -178,11 +200,15 @@ def train(model: nn.Module, optimizers: list, cfg: RunConfig, dist: DistInfo, ru
             tracker.progress(state.step, loss=loss_avg, tok_s=int(tok_s))
         if tc.attn_logit_every and (state.step % tc.attn_logit_every == 0 or state.step == tc.steps):
             x, _ = val_data.batch(val_window_ids(val_data, 1, min(tc.micro_batch, 4), 0, 1)[0])
-            tracker.log(state.step, max_attn_logit=max_attention_logit(model, x, cfg, dist.device))
+            top = max_attention_logit(model, x, cfg, dist.device)
+            if math.isfinite(top):
+                tracker.log(state.step, max_attn_logit=top)
         if state.step % tc.eval_every == 0 or state.step == tc.steps:
-            metrics = evaluate(model, val_data, cfg, dist, token_bytes)
+            metrics = evaluate_all()
             tracker.log(state.step, tokens=state.tokens, **metrics)
-            tracker.write(f"step {state.step}: val_loss {metrics['val_loss']:.4f}  val_bpb {metrics['val_bpb']:.4f}")
+            others = "".join(f"  {k} {v:.4f}" for k, v in metrics.items()
+                             if k.startswith("val_bpb_") and k != f"val_bpb_{val_name}")
+            tracker.write(f"step {state.step}: val_loss {metrics['val_loss']:.4f}  val_bpb {metrics['val_bpb']:.4f}{others}")
         if state.step % tc.ckpt_every == 0 or state.step == tc.steps:
             checkpoint()
             last_ckpt_step = state.step

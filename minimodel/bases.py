@@ -1,0 +1,151 @@
+"""Load the base of an adapter stage: a minimodel run directory or a Hugging Face model.
+
+    runs/core           a minimodel run: final/minimodel.json + final/model.safetensors -> MiniModel
+    runs/core/final     the same, named directly
+    some/hf_dir         config.json + weights -> AutoModelForCausalLM (trust_remote_code off by default)
+    org/name            a hub id, loaded by transformers (needs the network or its cache)
+
+Either way the stage gets a `CausalLM`: one calling convention for the trainer
+(`model(ids, targets, reduction=...)`, `.config` as a ModelConfig, `num_params()`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from minimodel.errors import UserError
+from minimodel.loss import cross_entropy
+from minimodel.model import MiniModel, ModelConfig
+
+TOKENIZER_FILE = "tokenizer.model"
+
+
+class CausalLM(nn.Module):
+    """A native MiniModel or a transformers causal LM (either possibly peft-wrapped) behind the
+    trainer's interface. `kind` is "minimodel" or "hf"; `net` is the wrapped module."""
+
+    def __init__(self, net: nn.Module, kind: str, config: ModelConfig):
+        super().__init__()
+        self.net, self.kind, self.config = net, kind, config
+
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean"):
+        if self.kind == "minimodel":
+            return self.net(input_ids, targets, reduction=reduction)
+        logits = self.net(input_ids=input_ids, use_cache=False).logits
+        if targets is None:
+            return logits
+        return cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction=reduction)
+
+    def core(self) -> nn.Module:
+        """The model without any peft wrapper (MiniModel or a transformers PreTrainedModel)."""
+        net = self.net
+        return net.get_base_model() if hasattr(net, "get_base_model") else net
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # each shared tensor once
+
+    def attention_modules(self) -> list:
+        core = self.core()
+        return core.attention_modules() if isinstance(core, MiniModel) else []
+
+
+@dataclass
+class Base:
+    lm: CausalLM
+    source: str                  # what the user named
+    weights_dir: Path | None     # the directory holding the weights (None for a hub id not cached locally)
+    tokenizer: Path | None       # the base's sentencepiece model, when it has one
+
+
+def config_from_hf(hf_config) -> ModelConfig:
+    """Our ModelConfig for a transformers config (FLOPs, vocabulary size, tying)."""
+    get = lambda *names, default=None: next((getattr(hf_config, n) for n in names
+                                             if getattr(hf_config, n, None) is not None), default)
+    d = get("hidden_size", "n_embd", "d_model")
+    heads = get("num_attention_heads", "n_head", default=1)
+    return ModelConfig(
+        vocab_size=get("vocab_size"), d_model=d, n_layers=get("num_hidden_layers", "n_layer"),
+        n_heads=heads, n_kv_heads=get("num_key_value_heads", default=heads),
+        head_dim=get("head_dim", default=d // heads), ffn_dim=get("intermediate_size", default=4 * d),
+        qk_norm=hasattr(hf_config, "model_type") and hf_config.model_type.startswith("qwen3"),
+        tie_embeddings=bool(get("tie_word_embeddings", default=False)),
+        max_seq_len=get("max_position_embeddings", default=2048),
+    )
+
+
+def minimodel_dir(path: Path) -> Path | None:
+    """The directory holding minimodel.json for a run dir or its final/, else None."""
+    for d in (path / "final", path):
+        if (d / "minimodel.json").is_file() and (d / "model.safetensors").is_file():
+            return d
+    return None
+
+
+def load_native(weights_dir: Path) -> MiniModel:
+    from minimodel.checkpoint import load_model_weights
+
+    try:
+        spec = json.loads((weights_dir / "minimodel.json").read_text(encoding="utf-8"))
+        model = MiniModel(ModelConfig(**spec))
+    except (json.JSONDecodeError, TypeError, ValueError) as e:
+        raise UserError(f"{weights_dir / 'minimodel.json'} is not a minimodel config ({e})") from None
+    load_model_weights(model, weights_dir / "model.safetensors")
+    return model
+
+
+def load_base(source: str, trust_remote_code: bool = False) -> Base:
+    """Resolve and load a base on the CPU, in fp32 (the stage moves it to its device)."""
+    path = Path(source)
+    native = minimodel_dir(path) if path.is_dir() else None
+    if native is not None:
+        model = load_native(native)
+        tok = native / TOKENIZER_FILE
+        return Base(CausalLM(model, "minimodel", model.config), source, native, tok if tok.is_file() else None)
+    if path.exists() and not (path / "config.json").is_file():
+        raise UserError(f"base {source} is neither a minimodel run directory (no final/minimodel.json) "
+                        "nor a Hugging Face model directory (no config.json)")
+    from transformers import AutoModelForCausalLM
+
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot load base {source!r} with transformers: {first}") from None
+    weights_dir = path if path.is_dir() else _hub_snapshot(hf)
+    tok = weights_dir / TOKENIZER_FILE if weights_dir is not None else None
+    return Base(CausalLM(hf, "hf", config_from_hf(hf.config)), source, weights_dir,
+                tok if tok is not None and tok.is_file() else None)
+
+
+def _hub_snapshot(hf) -> Path | None:
+    p = getattr(hf, "name_or_path", None) or getattr(hf.config, "_name_or_path", "")
+    return Path(p) if p and Path(p).is_dir() else None
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def tokenizer_relation(base_tok: Path | None, data_tok: Path, base_source: str) -> str:
+    """"same" when the data was tokenised with the base's tokenizer; "extended" when the data's
+    tokenizer is the base's with pieces appended (data_prep.vocab_ext); UserError otherwise."""
+    if base_tok is None:
+        raise UserError(f"base {base_source} has no {TOKENIZER_FILE}: cannot check that the data was tokenised "
+                        f"for it; put the sentencepiece model the data was made with beside its weights")
+    if sha256(base_tok) == sha256(data_tok):
+        return "same"
+    import sentencepiece as spm
+
+    b = spm.SentencePieceProcessor(model_file=str(base_tok))
+    d = spm.SentencePieceProcessor(model_file=str(data_tok))
+    nb, nd = b.get_piece_size(), d.get_piece_size()
+    if nd > nb and all(b.id_to_piece(i) == d.id_to_piece(i) for i in range(nb)):
+        return "extended"
+    raise UserError(f"the data's tokenizer {data_tok} does not match base {base_source} ({nd} vs {nb} pieces, "
+                    "not an extension of it): tokenise the data with the base's tokenizer.model, or extend it "
+                    "with python -m data_prep.vocab_ext")

@@ -1,0 +1,159 @@
+"""LoRA through peft on a native MiniModel or a transformers model, with embeddings trained fully.
+
+Tied embeddings (the policy, decided here and tested): the tie is KEPT. peft's `modules_to_save`
+would copy embed_tokens into a wrapper and silently untie it from lm_head (and LoRA on a tied
+embedding merges wrongly), so embeddings are not handed to peft at all: after wrapping, the
+base's own embed_tokens/lm_head weights are unfrozen in place. A tied matrix is one Parameter,
+so it is trained once (one optimizer entry, the embedding learning rate), the merged model stays
+tied, and save -> merge -> reload is exact. Untied bases train both matrices the same way.
+
+An adapter directory:
+    adapter_config.json, adapter_model.safetensors   peft's own files (LoRA factors)
+    embeddings.safetensors                           embed_tokens.weight (+ lm_head.weight if untied),
+                                                     when embeddings were trained or the vocabulary grew
+    tokenizer.model                                  the tokenizer the adapter was trained with
+    minimodel_adapter.json                           base, vocabulary, tie, what the files hold
+`load_adapted(dir)` rebuilds base + adapter (unmerged) with the merged model's logits.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from data_prep.atomic import atomic_dir, write_text
+from minimodel.bases import CausalLM, load_base
+from minimodel.errors import UserError
+from minimodel.model import MiniModel
+
+ADAPTER_META = "minimodel_adapter.json"
+EMBED_FILE = "embeddings.safetensors"
+
+
+def embedding_weights(core: nn.Module) -> dict[str, nn.Parameter]:
+    """{"embed_tokens.weight": ..., "lm_head.weight": ...}; one entry when tied (the same tensor)."""
+    if isinstance(core, MiniModel):
+        emb, head = core.model.embed_tokens.weight, core.lm_head.weight
+    else:
+        emb = core.get_input_embeddings().weight
+        out = core.get_output_embeddings()
+        head = out.weight if out is not None else emb
+    return {"embed_tokens.weight": emb} if head is emb else {"embed_tokens.weight": emb, "lm_head.weight": head}
+
+
+def is_tied(core: nn.Module) -> bool:
+    return len(embedding_weights(core)) == 1
+
+
+def linear_names(core: nn.Module) -> list[str]:
+    """Leaf names of the base's linear layers (what lora.target_modules may name)."""
+    return sorted({n.rsplit(".", 1)[-1] for n, m in core.named_modules()
+                   if isinstance(m, nn.Linear) and n and n.rsplit(".", 1)[-1] != "lm_head"})
+
+
+def check_targets(core: nn.Module, targets: list[str]) -> None:
+    have = linear_names(core)
+    missing = [t for t in targets if t not in have]
+    if missing:
+        raise UserError(f"lora.target_modules {missing} do not exist in the base; its linear layers are {have}")
+
+
+def apply_lora(lm: CausalLM, rank: int, alpha: float, dropout: float, targets: list[str],
+               rslora: bool = True, train_embeddings: bool = True) -> CausalLM:
+    """Wrap `lm.net` with peft LoRA on `targets`; everything else frozen except the embeddings."""
+    import peft
+
+    core = lm.core()
+    check_targets(core, targets)
+    cfg = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets),
+                          use_rslora=rslora, bias="none",
+                          task_type="CAUSAL_LM" if lm.kind == "hf" else None)
+    lm.net = peft.get_peft_model(lm.net, cfg)
+    unfreeze_embeddings(lm.core(), train_embeddings)
+    return lm
+
+
+def unfreeze_embeddings(core: nn.Module, train: bool) -> None:
+    for p in embedding_weights(core).values():
+        p.requires_grad_(train)
+
+
+def full_finetune(lm: CausalLM) -> CausalLM:
+    for p in lm.parameters():
+        p.requires_grad_(True)
+    return lm
+
+
+class TrainableView(nn.Module):
+    """The trainable tensors of a model under flat names, sharing storage: what an adapter stage's
+    checkpoints hold (a frozen 7B base is reloaded from its source, not copied at every checkpoint)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        for name, p in model.named_parameters():  # tied weights once
+            if p.requires_grad:
+                self.register_parameter(name.replace(".", "__"), p)
+
+
+def save_adapter(lm: CausalLM, out_dir: Path, tokenizer: Path, meta: dict, save_embeddings: bool) -> Path:
+    """Write the adapter directory (see the module docstring) atomically."""
+    from safetensors.torch import save_file
+
+    core = lm.core()
+    with atomic_dir(Path(out_dir)) as tmp:
+        lm.net.save_pretrained(str(tmp))
+        if save_embeddings:
+            save_file({k: v.detach().contiguous().cpu() for k, v in embedding_weights(core).items()},
+                      str(tmp / EMBED_FILE))
+        shutil.copy2(tokenizer, tmp / "tokenizer.model")
+        full = {**meta, "kind": lm.kind, "tied": is_tied(core), "vocab_size": lm.config.vocab_size,
+                "embeddings": save_embeddings}
+        write_text(tmp / ADAPTER_META, json.dumps(full, indent=2))
+    return Path(out_dir)
+
+
+def merge(lm: CausalLM) -> nn.Module:
+    """Fold the LoRA factors into the base weights (in place) and return the plain core model."""
+    if hasattr(lm.net, "merge_and_unload"):
+        lm.net = lm.net.merge_and_unload()
+    return lm.core()
+
+
+def load_adapted(adapter_dir: str | Path, base_source: str | None = None) -> CausalLM:
+    """Base + adapter for evaluation, unmerged (eval mode, frozen)."""
+    import peft
+    from safetensors.torch import load_file
+
+    from minimodel.bases import config_from_hf
+    from minimodel.vocab_resize import resize_vocab
+
+    adapter_dir = Path(adapter_dir)
+    meta_path = adapter_dir / ADAPTER_META
+    if not meta_path.is_file():
+        raise UserError(f"{adapter_dir} has no {ADAPTER_META}: not an adapter written by minimodel.cpt/sft")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    base = load_base(base_source or meta["base"], meta.get("trust_remote_code", False))
+    core = base.lm.core()
+    if meta["vocab_size"] > base.lm.config.vocab_size:
+        if base.tokenizer is None:
+            raise UserError(f"base {base.source} has no tokenizer.model to resize its vocabulary with")
+        resize_vocab(core, base.tokenizer, adapter_dir / "tokenizer.model")
+        if base.lm.kind == "hf":
+            base.lm.config = config_from_hf(core.config)
+    if meta["embeddings"]:
+        tensors = load_file(str(adapter_dir / EMBED_FILE))
+        with torch.no_grad():
+            for name, w in embedding_weights(core).items():
+                if name not in tensors or tensors[name].shape != w.shape:
+                    raise UserError(f"{adapter_dir / EMBED_FILE}: {name} missing or of another shape: "
+                                    "the adapter was trained on another base")
+                w.copy_(tensors[name])
+    lm = base.lm
+    lm.net = peft.PeftModel.from_pretrained(lm.net, str(adapter_dir))
+    lm.eval()
+    for p in lm.parameters():
+        p.requires_grad_(False)
+    return lm

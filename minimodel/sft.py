@@ -1,0 +1,127 @@
+"""Instruction SFT: the loss only on assistant tokens (data_prep.sft's mask).
+
+    python -m minimodel.sft --config recipes/configs/sft_core_tiny.toml [section.key=value ...]
+    torchrun --nproc_per_node=N -m minimodel.sft --config ...
+
+The same stage machinery as continued pretraining (stage.py): `lora.enabled=false` fine-tunes
+a core fully (optim.name muon or adamw); on top of a CPT result (`base.path = runs/cpt`, whose
+final/ is the merged model) LoRA is the reference recipe's second stage. `data.path` is a set
+from `python -m data_prep.sft`; `eval.sets` adds shard sets whose held-out bits per byte are
+logged beside it (how much each language keeps while the model learns to answer).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from minimodel.config import StageConfig, load_config
+from minimodel.data import TokenShards, check_tokenizer
+from minimodel.distributed import cleanup, init_distributed
+from minimodel.errors import UserError, cli_entry
+from minimodel.stage import run_stage, set_name
+
+SFT_FORMAT = "minimodel-sft-v1"
+IGNORE = -100
+
+
+class SFTExamples:
+    """One example per row, right-padded to seq_len+1 tokens (longer ones truncated). Targets are
+    the next tokens where the mask marks assistant text, -100 elsewhere (prompt, padding).
+    The interface of TokenShards (n_windows, batch, window), so TrainStream and evaluate take it."""
+
+    def __init__(self, set_dir: str | Path, split: str, seq_len: int):
+        self.data_dir = Path(set_dir)
+        path = self.data_dir / "manifest.json"
+        if not path.is_file():
+            raise UserError(f"{self.data_dir} has no manifest.json: prepare SFT data with python -m data_prep.sft")
+        self.manifest = json.loads(path.read_text(encoding="utf-8"))
+        if self.manifest.get("format") != SFT_FORMAT:
+            raise UserError(f"{path} has format {self.manifest.get('format')!r}, expected {SFT_FORMAT!r}: "
+                            "data.path of an SFT run is a set from python -m data_prep.sft")
+        check_tokenizer(self.data_dir, self.manifest)
+        if split not in self.manifest["splits"]:
+            raise UserError(f"{self.data_dir} has no split {split!r}; it has {sorted(self.manifest['splits'])}")
+        self.info = self.manifest["splits"][split]
+        self.seq_len, self.pad_id = seq_len, self.manifest["tokenizer"].get("pad_id", 0)
+        dtype = np.dtype(self.manifest["dtype"]).newbyteorder("<")
+        self.ids = np.fromfile(self.data_dir / self.info["tokens_file"], dtype=dtype)
+        self.mask = np.fromfile(self.data_dir / self.info["mask_file"], dtype=np.uint8)
+        self.index = np.fromfile(self.data_dir / self.info["index_file"], dtype="<u8").astype(np.int64)
+        if len(self.ids) != len(self.mask) or (len(self.index) and self.index[-1] != len(self.ids)):
+            raise UserError(f"{self.data_dir}/{split}: tokens, mask and index disagree: truncated set, prepare it again")
+        self.n_windows = len(self.index) - 1
+        if self.n_windows <= 0:
+            raise UserError(f"split {split!r} of {self.data_dir} holds no examples")
+        self.truncated = int(np.sum(np.diff(self.index) > seq_len + 1))
+
+    def check_vocab(self, vocab_size: int) -> None:
+        top = int(self.ids.max(initial=0))
+        if top >= vocab_size:
+            raise UserError(f"{self.data_dir} holds token id {top} >= the model's {vocab_size} rows: "
+                            "the SFT data and the base disagree on the tokenizer")
+
+    def example(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        a, b = self.index[k], min(self.index[k + 1], self.index[k] + self.seq_len + 1)
+        ids = np.full(self.seq_len + 1, self.pad_id, dtype=np.int64)
+        mask = np.zeros(self.seq_len + 1, dtype=np.int64)
+        ids[:b - a], mask[:b - a] = self.ids[a:b], self.mask[a:b]
+        return ids, mask
+
+    def window(self, k: int) -> np.ndarray:
+        return self.example(k)[0]
+
+    def batch(self, window_ids) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, mask = zip(*(self.example(int(k)) for k in window_ids))
+        ids, mask = torch.from_numpy(np.stack(ids)), torch.from_numpy(np.stack(mask))
+        y = ids[:, 1:].masked_fill(mask[:, 1:] == 0, IGNORE)
+        return ids[:, :-1].contiguous(), y.contiguous()
+
+
+def run(cfg: StageConfig) -> dict:
+    from minimodel.data import TrainStream
+
+    dist = init_distributed(cfg.train.device)
+    try:
+        data_dir = Path(cfg.data.path)
+        train_data = SFTExamples(data_dir, cfg.data.train_split, cfg.data.seq_len)
+        val_data = SFTExamples(data_dir, cfg.data.val_split, cfg.data.seq_len)
+        if dist.is_main and train_data.truncated:
+            print(f"note: {train_data.truncated} training examples are longer than data.seq_len+1 and are "
+                  "truncated; raise data.seq_len to keep them whole", file=sys.stderr)
+        taken, extra_val = {"sft"}, {}
+        for extra in cfg.eval.sets:
+            shards = TokenShards(extra, "val", cfg.data.seq_len)
+            if shards.manifest["tokenizer"]["sha256"] != train_data.manifest["tokenizer"]["sha256"]:
+                raise UserError(f"eval set {extra} was tokenised with another tokenizer than the SFT set {data_dir}")
+            extra_val[set_name(Path(extra), taken)] = shards
+
+        def make_stream(position: int):
+            return TrainStream(train_data, cfg.train.seed, dist.rank, dist.world_size, position)
+
+        return run_stage(cfg, dist, "sft", train_data, val_data, data_dir, make_stream=make_stream,
+                         extra_val=extra_val, val_name="sft")
+    finally:
+        cleanup(dist)
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="python -m minimodel.sft", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", help="TOML config (recipes/configs/sft_*.toml)")
+    ap.add_argument("overrides", nargs="*", help="section.key=value, e.g. lora.enabled=false optim.name=muon")
+    return ap.parse_args(argv)
+
+
+@cli_entry
+def main(argv=None) -> dict:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    return run(load_config(args.config, args.overrides, cls=StageConfig))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Korean instruction SFT (LoRA) on top of a CPT result: the reference recipe's second stage.
+#   BASE=runs/cpt_core_ko_replay0.05_loratrue bash recipes/sft.sh
+# Knobs: those of recipes/lib.sh, and BASE (a CPT run dir), DATASET (default
+# FreedomIntelligence/alpaca-gpt4-korean), MAX_EXAMPLES, STEPS, NAME. Needs the hub for the data.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+BASE="${BASE:?set BASE to a CPT run directory, e.g. runs/cpt_core_ko_replay0.05_loratrue}"
+DATASET="${DATASET:-FreedomIntelligence/alpaca-gpt4-korean}"
+NAME="${NAME:-sft_$(basename "$BASE")}"
+SET="$DATA_DIR/sft_$(basename "$DATASET" | tr '[:upper:]' '[:lower:]')_$(basename "$BASE")"
+
+stage "data: $DATASET -> $SET (ChatML, loss on assistant tokens only)"
+[ -f "$SET/manifest.json" ] || "$PY" -m data_prep.sft --out "$SET" --tokenizer "$BASE/final/tokenizer.model" \
+    --hf "$DATASET" ${MAX_EXAMPLES:+--max-examples $MAX_EXAMPLES} --max-tokens 2048
+
+stage "sft: $BASE -> $OUT/$NAME"
+launch minimodel.sft --config recipes/configs/sft_ko.toml base.path="$BASE" data.path="$SET" \
+    ${STEPS:+train.steps=$STEPS} \
+    train.out_dir="$OUT/$NAME" "${TRACKING[@]}"
+stage "done: $OUT/$NAME"
