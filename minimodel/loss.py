@@ -45,7 +45,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100,
                   reduction: str = "mean") -> torch.Tensor:
     """Same values as F.cross_entropy(logits.float(), targets) for (N, V) logits and (N,) targets."""
-    if logits.device.type != "cpu":  # GPU kernels (and torch.compile) already fuse this well
+    if logits.device.type != "cpu" or torch.compiler.is_compiling():  # GPU kernels and Inductor fuse it well
         return torch.nn.functional.cross_entropy(logits.float(), targets, ignore_index=ignore_index,
                                                  reduction=reduction)
     nll = _ChunkedCrossEntropy.apply(logits, targets, ignore_index)
