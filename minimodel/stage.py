@@ -24,7 +24,7 @@ from minimodel.distributed import DistInfo, barrier
 from minimodel.errors import UserError
 from minimodel.lora import TrainableView, apply_lora, full_finetune, merge, save_adapter
 from minimodel.optim import build_optimizers
-from minimodel.pretrain import check_same_run, git_commit
+from minimodel.pretrain import check_same_run, command_line, device_description, git_commit
 from minimodel.tracking import Tracker
 from minimodel.trainer import preflight, train
 
@@ -126,8 +126,8 @@ def run_stage(cfg: StageConfig, dist: DistInfo, stage: str, train_data, val_data
     if dist.is_main:
         preflight(run_dir, view, n_optim_states=2)
         write_text(run_dir / "config.toml", dump_toml({**resolved, "run": {
-            "stage": stage, "commit": git_commit(), "command": " ".join(sys.argv),
-            "world_size": dist.world_size, **info}}))
+            "stage": stage, "commit": git_commit(), "command": command_line(),
+            "world_size": dist.world_size, "device": device_description(dist.device), **info}}))
     barrier(dist)
     token_bytes = token_byte_lengths(data_tok, vocab)
     tracker = Tracker(run_dir, resolved, enabled=dist.is_main, use_wandb=cfg.tracking.wandb,
