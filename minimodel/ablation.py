@@ -132,6 +132,22 @@ def run_ablation(out: Path, preset: Preset, arms: list[str], extra: dict, quiet:
     return summarize(out, plan, write=write)
 
 
+def plan_ablation(preset: Preset, arms: list[str], extra: dict, gpu: str, n_gpus: int) -> dict:
+    """Runs x the planner's estimate of one run (arms differ only in optimizer and QK-norm)."""
+    from scripts.plan import estimate
+
+    runs = len(arms) * (len(preset.lrs) + preset.seeds - 1)
+    per_run = {arm: estimate(load_config(None, to_args({**preset.overrides, **extra,
+                                                           **arm_overrides(arm, preset.lrs[0], 0)})),
+                             gpu, n_gpus) for arm in arms}
+    hours = sum(p["hours"] for p in per_run.values()) / len(arms) * runs
+    one = next(iter(per_run.values()))
+    return {"runs": runs, "gpu": one["gpu"], "n_gpus": n_gpus, "tokens_per_run": one["total_tokens"],
+            "memory_per_gpu_gib": round(max(p["memory_per_gpu_gib"]["total"] for p in per_run.values()), 2),
+            "fits": all(p["fits"] for p in per_run.values()), "hours": round(hours, 2),
+            "usd": round(sum(p["usd"] for p in per_run.values()) / len(arms) * runs, 2)}
+
+
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog="python -m minimodel.ablation", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -141,6 +157,9 @@ def parse_args(argv):
     ap.add_argument("--lrs", help="comma-separated learning rates replacing the preset's grid, e.g. 0.003,0.01")
     ap.add_argument("--seeds", type=int, help="override the preset's number of seeds")
     ap.add_argument("--verbose", action="store_true", help="show each run's own output")
+    ap.add_argument("--plan", action="store_true", help="print the number of runs, time and cost; train nothing")
+    ap.add_argument("--gpu", default="4090", help="with --plan: the GPU to price (scripts/gpus.py)")
+    ap.add_argument("--n", type=int, default=1, help="with --plan: GPUs per run")
     ap.add_argument("overrides", nargs="*", help="section.key=value applied to every run, e.g. data.path=...")
     return ap.parse_args(argv)
 
@@ -169,6 +188,9 @@ def main(argv=None):
         k, v = item.split("=", 1)
         extra[k] = v
     load_config(None, to_args({**preset.overrides, **extra}))  # validate before hours of work
+    if args.plan:
+        print(json.dumps(plan_ablation(preset, arms, extra, args.gpu, args.n)))
+        return
     # Under torchrun, one process group serves every run (re-creating it per run is fragile).
     dist = init_distributed("auto")
     try:

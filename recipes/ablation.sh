@@ -6,7 +6,7 @@
 #   PRESET=gpu104m DATA=data/pretrain NPROC=8 bash recipes/ablation.sh   # MiniMind2-sized, on GPUs
 #
 # Knobs: PRESET (cpu | gpu104m), OUT, DATA (a prepared set; cpu default: the demo's
-# English-only set), NPROC, LRS (comma-separated grid), SEEDS, WANDB_MODE.
+# English-only set), NPROC, LRS (comma-separated grid), SEEDS, WANDB_MODE, PLAN (with GPU).
 # Output: $OUT/summary.json, $OUT/ablation.md, $OUT/plots/{loss_curves,lr_sweep}.png, $OUT/runs/<arm>/...
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +18,7 @@ export WANDB_MODE="${WANDB_MODE:-disabled}"
 
 if [ "$PRESET" = "cpu" ]; then
     DATA="${DATA:-data/demo_en_base}"
-    [ -f "$DATA/manifest.json" ] || HF_HUB_OFFLINE=1 "$PY" -m data_prep.demo --out "$(dirname "$DATA")"
+    [ -f "$DATA/manifest.json" ] || [ "${PLAN:-0}" = "1" ] || HF_HUB_OFFLINE=1 "$PY" -m data_prep.demo --out "$(dirname "$DATA")"
 else
     DATA="${DATA:-data/pretrain}"   # prepare it first, e.g. as recipes/pretrain_core.sh does
 fi
@@ -27,6 +27,9 @@ args=(--preset "$PRESET" --out "$OUT" "data.path=$DATA")
 [ -n "${LRS:-}" ] && args+=(--lrs "$LRS")
 [ -n "${SEEDS:-}" ] && args+=(--seeds "$SEEDS")
 
+if [ "${PLAN:-0}" = "1" ]; then  # runs, memory, time and cost from scripts.plan; trains nothing
+    exec "$PY" -m minimodel.ablation "${args[@]}" --plan --gpu "${GPU:-4090}" --n "$NPROC"
+fi
 echo "==> ablation preset=$PRESET data=$DATA out=$OUT nproc=$NPROC"
 if [ "$NPROC" -gt 1 ]; then
     "$PY" -m torch.distributed.run --standalone --nproc_per_node="$NPROC" -m minimodel.ablation "${args[@]}"

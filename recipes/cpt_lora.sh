@@ -5,7 +5,7 @@
 #   REPLAY=0.25 RANK=64 bash recipes/cpt_lora.sh    # the knobs the forgetting report compares
 #   LORA=false bash recipes/cpt_lora.sh             # full fine-tuning at the same token budget (reference arm)
 # Knobs: those of recipes/lib.sh (NPROC NNODES NODE_RANK MASTER_ADDR MASTER_PORT WANDB_RUN DATA_DIR OUT)
-# and RECIPE, BASE, KO_DOCS, EN_DOCS, REPLAY, RANK, LORA, NAME. Needs the hub for the data (and base).
+# and RECIPE, BASE, KO_DOCS, EN_DOCS, REPLAY, RANK, LORA, NAME, PLAN. Needs the hub for the data (and base).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -20,6 +20,8 @@ case "$RECIPE" in
 esac
 NAME="${NAME:-cpt_${RECIPE}_ko_replay${REPLAY}_lora${LORA}${RANK:+_r$RANK}}"
 KO_RAW="$DATA_DIR/kowiki_raw.jsonl"
+# PLAN=1: memory per GPU, time and cost of this stage (frozen base, trainable adapters); runs nothing
+maybe_plan "$CONFIG" base.path="$BASE" lora.enabled="$LORA" ${RANK:+lora.rank=$RANK}
 
 stage "data: $KO_DOCS Korean Wikipedia articles -> $KO_RAW"
 if [ ! -f "$KO_RAW" ]; then

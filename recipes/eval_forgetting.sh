@@ -5,7 +5,7 @@
 #   HELDOUT="data/demo_en data/demo_ko" bash recipes/eval_forgetting.sh
 # Knobs: RUNS (first = the base), HELDOUT (prepared sets or held-out .jsonl files, one per language),
 # TASKS (lm-eval tasks; hub tasks such as hellaswag,arc_easy,kobest_copa need the network), CTX,
-# REPORT (output directory), USD_PER_GPU_HOUR.
+# REPORT (output directory), USD_PER_GPU_HOUR, PLAN.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -15,6 +15,11 @@ TASKS="${TASKS:-minimodel_cloze_en,minimodel_cloze_ko}"
 CTX="${CTX:-1024}"
 REPORT="${REPORT:-$OUT/report}"
 data_args=(); for h in "${HELDOUT[@]}"; do data_args+=(--data "$h"); done
+if [ "$PLAN" = "1" ]; then  # evaluation is forward passes only: list the work instead of a cost table
+    echo "plan: evaluate ${#RUNS[@]} run(s) [${RUNS[*]}] on held-out ${HELDOUT[*]} at ctx $CTX," \
+         "lm-eval tasks $TASKS, the 2x2 generations; report -> $REPORT"
+    exit 0
+fi
 
 for i in "${!RUNS[@]}"; do
     run="${RUNS[$i]}"; stage_arg=()

@@ -1,5 +1,6 @@
 """Plan before spending: parameters, tokens, FLOPs, memory per GPU, wall time and cost of a
-pretraining config, for the common GPUs.
+pretraining config, or of a CPT/SFT config (one with a [base]: see scripts/plan_stage.py),
+for the common GPUs.
 
     python -m scripts.plan recipes/configs/core_104m.toml --gpu 4090 --n 8 [section.key=value ...]
     python -m scripts.plan CONFIG --json          # one JSON line instead of the table
@@ -14,15 +15,17 @@ import argparse
 import json
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from minimodel.config import RunConfig, load_config
+from minimodel.config import CptConfig, RunConfig, load_config
 from minimodel.errors import UserError, cli_entry
 from minimodel.flops import flops_per_token
 from minimodel.model import MiniModel, ModelConfig
 from minimodel.optim import split_params
 from scripts.gpus import GPUS, GPU, PRICES_AS_OF, get_gpu
+from scripts.plan_stage import base_model_config, stage_numbers
 
 GIB = 2 ** 30
 CUDA_CONTEXT_BYTES = 1.0 * GIB      # CUDA context, cuBLAS workspaces, kernels (typically 0.5-1 GiB)
@@ -37,6 +40,7 @@ class ModelCounts:
     hidden: int                       # 2-D matrices inside the blocks (Muon's under optim.name=muon)
     other: int                        # embeddings, lm_head, norms (AdamW's)
     hidden_shapes: list[tuple[int, int]]
+    stage: dict | None = None         # adapter stages: trainable/frozen counts (scripts/plan_stage.py)
 
 
 def count_params(mcfg: ModelConfig) -> ModelCounts:
@@ -80,18 +84,28 @@ def memory_bytes(cfg: RunConfig, m: ModelConfig, counts: ModelCounts, micro_batc
         optim = 4 * counts.hidden + 8 * counts.other
     else:
         optim = 8 * n
+    weights, trained, cast = 4 * n, n, 2 * n if bf16 else 0
+    stage = getattr(counts, "stage", None)
+    if stage is not None and stage["frozen"]:  # adapter stage: only the trainable tensors carry state
+        trained = stage["trainable"]
+        weights = int(stage["frozen"] * stage["frozen_bytes_per_param"]) + 4 * trained
+        optim = 8 * trained
+        cast = 2 * n if bf16 and stage["frozen_bytes_per_param"] == 4 else 0
     parts = {
-        "weights": 4 * n,                               # fp32 master weights
-        "grads": 4 * n,                                 # fp32
+        "weights": weights,                             # fp32 master weights (a frozen base as loaded)
+        "grads": 4 * trained,                           # fp32
         "optimizer": optim,                             # fp32 states
-        "bf16_weight_copies": 2 * n if bf16 else 0,     # autocast's casts, kept for backward
-        "ddp_buckets": 4 * n if n_gpus > 1 else 0,      # DDP copies grads into its buckets
+        "bf16_weight_copies": cast,                     # autocast's casts, kept for backward
+        "ddp_buckets": 4 * trained if n_gpus > 1 else 0,  # DDP copies grads into its buckets
         # layers + the final norm (fp32 input and output, 1/rms) + lm_head's input
         "activations": tokens * (m.n_layers * activation_bytes_per_token_layer(m, b) + 8 * m.d_model + 4
                                  + b * m.d_model),
         # logits (b) + their fp32 copy for the loss (4) + its gradient (4) + the gradient in b
         "logits": tokens * m.vocab_size * (b + 4 + 4 + b),
     }
+    if stage is not None and stage.get("checkpointing"):  # layer inputs kept, one layer recomputed
+        parts["activations"] = tokens * (m.n_layers * b * m.d_model + activation_bytes_per_token_layer(m, b)
+                                         + 8 * m.d_model + 4 + b * m.d_model)
     live = sum(parts.values())
     parts["fragmentation"] = int(FRAGMENTATION * live)
     parts["cuda_context"] = int(CUDA_CONTEXT_BYTES + (NCCL_BYTES if n_gpus > 1 else 0))
@@ -133,19 +147,26 @@ def estimate(cfg: RunConfig, gpu_name: str = "4090", n_gpus: int = 1, mfu: float
     if usd_per_gpu_hour is not None and usd_per_gpu_hour < 0:
         raise UserError(f"--usd-per-gpu-hour {usd_per_gpu_hour} must be >= 0")
     chosen = get_gpu(gpu_name)
-    m = cfg.model_config()
+    base = getattr(cfg, "base", None)
+    m = base_model_config(base.path) if base is not None else cfg.model_config()
     counts = count_params(m)
     tc, seq = cfg.train, cfg.data.seq_len
     tokens_per_step = tc.micro_batch * seq * tc.grad_accum * n_gpus
     total_tokens = tc.steps * tokens_per_step
     fpt = flops_per_token(m, counts.params, seq)
+    if base is not None:
+        counts.stage = stage_numbers(cfg, m, counts.params)
+        attn = 12 * m.n_layers * seq * m.n_heads * m.head_dim
+        # forward + activation gradients everywhere (4/6 of 6N), weight gradients only where trained
+        fpt = (fpt - attn) * 4 / 6 + 2 * min(counts.stage["trainable"], counts.params) + attn
     train_flops = fpt * total_tokens
     n_evals = (tc.steps // tc.eval_every + 1) if tc.eval_every > 0 else 0
     eval_flops_per_gpu = n_evals * tc.eval_batches * tc.micro_batch * seq * fpt / 3  # forward only
-    optim_flops_per_gpu = tc.steps * muon_flops_per_step(counts.hidden_shapes) if cfg.optim.name == "muon" else 0.0
+    muon_on_hidden = cfg.optim.name == "muon" and base is None  # adapter stages: LoRA factors are small
+    optim_flops_per_gpu = tc.steps * muon_flops_per_step(counts.hidden_shapes) if muon_on_hidden else 0.0
     flops_per_gpu = train_flops / n_gpus + eval_flops_per_gpu + optim_flops_per_gpu
     mem = memory_bytes(cfg, m, counts, tc.micro_batch, n_gpus)
-    grad_bytes = 4 * counts.params
+    grad_bytes = 4 * (counts.stage["trainable"] if base is not None else counts.params)
 
     rows = []
     for gpu in GPUS.values():
@@ -177,6 +198,7 @@ def estimate(cfg: RunConfig, gpu_name: str = "4090", n_gpus: int = 1, mfu: float
         "memory_per_gpu_gib": {k: v / GIB for k, v in mem.items()},
         "fits": row["fits"], "suggestion": suggestion, "hours": row["hours"], "usd": row["usd"],
         "prices_as_of": PRICES_AS_OF, "gpus": rows,
+        "stage": getattr(counts, "stage", None),
     }
 
 
@@ -202,6 +224,9 @@ def render(p: dict, config_path: str) -> str:
         f"plan: {config_path} on {p['n_gpus']} x {p['gpu']}",
         f"  model       {p['params'] / 1e6:.1f}M params ({p['params_hidden'] / 1e6:.1f}M in hidden matrices), "
         f"{'QK-norm' if p['qk_norm'] else 'no QK-norm'}, optimizer {p['optimizer']}, {p['dtype']}",
+        *([f"  adapter     {p['stage']['trainable'] / 1e6:.2f}M trainable ({p['stage']['lora'] / 1e6:.2f}M LoRA), "
+            f"{p['stage']['frozen'] / 1e6:.1f}M frozen at {p['stage']['frozen_bytes_per_param']:.2f} bytes/param"]
+          if p.get("stage") and p["stage"]["frozen"] else []),
         f"  batch       {p['micro_batch']} seqs x {p['seq_len']} tokens x {p['grad_accum']} accum x {p['n_gpus']} GPUs"
         f" = {p['tokens_per_step']:,} tokens/step",
         f"  tokens      {p['steps']:,} steps -> {_si(p['total_tokens'])} tokens ({p['tokens_per_param']:.1f} per param)",
@@ -236,6 +261,18 @@ def render(p: dict, config_path: str) -> str:
     return "\n".join(lines)
 
 
+def config_class(path: str, overrides: list[str]):
+    """Pretraining config, or a CPT/SFT stage config (one with a [base]) read as CptConfig."""
+    import tomllib
+
+    try:
+        sections = set(tomllib.loads(Path(path).read_text(encoding="utf-8")))
+    except (OSError, tomllib.TOMLDecodeError):
+        return RunConfig  # load_config reports the problem
+    sections |= {o.split(".", 1)[0] for o in overrides}
+    return CptConfig if "base" in sections else RunConfig
+
+
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog="python -m scripts.plan", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -252,7 +289,7 @@ def parse_args(argv):
 @cli_entry
 def main(argv=None) -> dict:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides, cls=config_class(args.config, args.overrides))
     plan = estimate(cfg, args.gpu, args.n, args.mfu, args.usd_per_gpu_hour)
     print(json.dumps({"config": args.config, **plan}) if args.json else render(plan, args.config), flush=True)
     return plan

@@ -1,0 +1,86 @@
+"""Planning adapter stages (CPT/SFT) and the ablation: counts checked against peft, memory sane."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from minimodel.config import CptConfig, load_config
+from minimodel.errors import UserError
+from minimodel.model import MiniModel, model_config_from
+from scripts.plan import estimate
+from scripts.plan_stage import base_model_config, lora_params
+
+MISTRAL_7B = {"model_type": "mistral", "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
+              "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 14336, "vocab_size": 32768,
+              "tie_word_embeddings": False, "max_position_embeddings": 32768}
+
+
+@pytest.fixture
+def tiny_run(tmp_path):
+    cfg = model_config_from("tiny", vocab_size=1024, d_model=64, n_layers=2, ffn_dim=192)
+    (tmp_path / "run" / "final").mkdir(parents=True)
+    (tmp_path / "run" / "final" / "minimodel.json").write_text(json.dumps(cfg.to_dict()))
+    return tmp_path / "run", cfg
+
+
+def test_lora_count_matches_peft(tiny_run):
+    from peft import LoraConfig, get_peft_model
+
+    run, cfg = tiny_run
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    model = get_peft_model(MiniModel(cfg), LoraConfig(r=8, target_modules=targets))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert lora_params(base_model_config(str(run)), 8, targets) == trainable
+
+
+def test_lora_plan_needs_less_memory_than_full_finetuning(tiny_run):
+    run, cfg = tiny_run
+    common = [f"base.path={run}", "data.seq_len=128", "train.micro_batch=4", "lora.rank=8"]
+    lora = estimate(load_config(None, common, cls=CptConfig))
+    full = estimate(load_config(None, common + ["lora.enabled=false"], cls=CptConfig))
+    n = MiniModel(cfg).num_params()
+    assert lora["params"] == full["params"] == n
+    embed = cfg.vocab_size * cfg.d_model
+    assert lora["stage"]["trainable"] == lora["stage"]["lora"] + embed  # tied: one matrix
+    assert full["stage"]["trainable"] == n
+    mem = lambda p, k: p["memory_per_gpu_gib"][k]  # noqa: E731
+    assert mem(lora, "optimizer") < mem(full, "optimizer") and mem(lora, "grads") < mem(full, "grads")
+    assert lora["flops_per_token"] < full["flops_per_token"]
+
+
+def test_7b_recipe_fits_a_24gb_card_only_with_4bit_and_checkpointing(tmp_path):
+    (tmp_path / "m7b").mkdir()
+    (tmp_path / "m7b" / "config.json").write_text(json.dumps(MISTRAL_7B))
+    cfg_path = ROOT / "recipes" / "configs" / "cpt_7b_unsloth.toml"
+    qlora = estimate(load_config(cfg_path, [f"base.path={tmp_path / 'm7b'}"], cls=CptConfig), "4090")
+    assert 7.0e9 < qlora["params"] < 7.4e9 and qlora["fits"]
+    assert 14 < qlora["memory_per_gpu_gib"]["total"] < 24
+    peft_fp32 = estimate(load_config(cfg_path, [f"base.path={tmp_path / 'm7b'}", "lora.backend=peft",
+                                                "lora.load_in_4bit=false"],
+                                     cls=CptConfig), "4090")
+    assert not peft_fp32["fits"]
+
+
+def test_hub_base_offline_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="point base.path at a local directory"):
+        base_model_config("someone/some-model")
+
+
+def test_plan_recipes_touch_nothing(tiny_run, tmp_path):
+    run, _ = tiny_run
+    env = {**os.environ, "PLAN": "1", "PY": sys.executable, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
+           "DATA_DIR": str(tmp_path / "data"), "OUT": str(tmp_path / "out")}
+    r = subprocess.run(["bash", "recipes/cpt_lora.sh"], env={**env, "BASE": str(run)}, cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "adapter" in r.stdout and "fits" in r.stdout
+    r = subprocess.run(["bash", "recipes/ablation.sh"], env={**env, "DATA": str(tmp_path / "data" / "x")},
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout.strip().splitlines()[-1])
+    assert plan["runs"] == 4 * (5 + 1) and plan["fits"]
+    assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()
