@@ -8,6 +8,7 @@
 #
 #   bash recipes/quickstart.sh          # re-running skips finished stages
 #   FORCE=1 bash recipes/quickstart.sh  # redo every stage
+#   PLAN=1 bash recipes/quickstart.sh   # say what would run, and for how long
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup_env.sh
@@ -15,6 +16,12 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=
 OUT="${OUT:-runs/quickstart}"
 DATA="${DATA_DIR:-data}"
 FORCE="${FORCE:-0}"
+if [ "${PLAN:-0}" = "1" ]; then  # the CPU demo's plan is short: what runs, and for how long
+    echo "plan: 5 stages on this machine's CPU, no GPU, no hub: demo data (~10 s), tiny core pretraining"
+    echo "      (300 steps x 4096 tokens, ~2 min), Korean CPT (150 steps, ~1 min), SFT (200 steps, ~1.5 min),"
+    echo "      evaluation + report (~1 min); about 5 min on 2 cores -> $OUT/report.md"
+    exit 0
+fi
 T0=$(date +%s)
 stage() { echo; echo "==> [$(date +%H:%M:%S), +$(( $(date +%s) - T0 ))s] $*"; }
 fresh() {  # fresh PATH: true when the stage must run (missing output, or FORCE=1)
