@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -116,8 +115,17 @@ def verify_checkpoint(path: Path) -> dict:
     return meta
 
 
+def remove_partial_writes(ckpt_root: Path) -> None:
+    """Temp directories of checkpoints a crash cut short (never valid: renamed only when complete)."""
+    if ckpt_root.is_dir():
+        for p in ckpt_root.iterdir():
+            if p.is_dir() and p.name.startswith(".step_") and p.name.endswith((".tmp", ".old")):
+                shutil.rmtree(p, ignore_errors=True)
+
+
 def latest_checkpoint(ckpt_root: str | Path) -> tuple[Path, dict] | None:
     """Newest checkpoint that verifies; corrupted ones are reported and skipped."""
+    remove_partial_writes(Path(ckpt_root))
     for path in sorted(_step_dirs(Path(ckpt_root)), key=lambda p: -int(p.name.split("_")[1])):
         try:
             return path, verify_checkpoint(path)
