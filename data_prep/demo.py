@@ -31,7 +31,7 @@ from data_prep.shards import prepare_from_docs
 from data_prep.sources import Doc
 from data_prep.splits import heldout_units, split_docs
 from data_prep.tok_report import tokenizer_report
-from data_prep.tokenizer import load_tokenizer, train_tokenizer, weighted_texts
+from data_prep.tokenizer import train_tokenizer, weighted_texts
 from data_prep.vocab_ext import extend_tokenizer
 
 

@@ -12,7 +12,7 @@ import json
 import struct
 import tempfile
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 from data_prep.atomic import write_bytes
 from data_prep.errors import DataPrepError, run_cli

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from data_prep.atomic import write_json
+from eval.jsonl import jsonl_records
 from minimodel.errors import UserError, cli_entry
 from eval.models import LoadedModel, load_model, small_model_threads
 from eval.scoring import score_docs
@@ -46,14 +47,8 @@ def read_texts(path: Path) -> tuple[list[str], str | None]:
     if path.suffix == ".txt":
         return [path.read_text(encoding="utf-8")], None
     docs, langs = [], set()
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{n} is not JSON ({e}); one {{\"text\": ...}} object per line") from None
-        if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
+    for n, rec in jsonl_records(path, 'one {"text": ...} object per line'):
+        if not isinstance(rec.get("text"), str):
             raise UserError(f"{path}:{n} has no \"text\" string field")
         docs.append(rec["text"])
         if rec.get("lang"):

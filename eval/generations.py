@@ -11,14 +11,13 @@ so base, CPT and SFT answer the same input. Each prompt is decoded greedily and 
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import sys
 from pathlib import Path
 
 import torch
 
 from data_prep.atomic import write_json
+from eval.jsonl import jsonl_records
 from minimodel.errors import UserError, cli_entry
 from eval.models import LoadedModel, load_model, small_model_threads
 from eval.repetition import repetition_score
@@ -32,13 +31,7 @@ def read_prompts(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise UserError(f"prompt file not found: {path}")
     out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{n} is not JSON ({e})") from None
+    for n, rec in jsonl_records(path, "each line needs id, lang, kind, prompt"):
         missing = [k for k in ("id", "lang", "kind", "prompt") if not isinstance(rec.get(k), str)]
         if missing:
             raise UserError(f"{path}:{n} lacks string field(s) {missing}; each line needs id, lang, kind, prompt")

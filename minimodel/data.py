@@ -7,16 +7,15 @@ with another world size.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from data_prep.shards import FORMAT
+from data_prep.tokenizer import file_sha256
 from minimodel.errors import UserError
-
-FORMAT = "minimodel-shards-v1"
 
 
 def read_manifest(data_dir: str | Path) -> dict:
@@ -40,7 +39,7 @@ def check_tokenizer(data_dir: Path, manifest: dict) -> None:
     tok = data_dir / manifest["tokenizer"]["file"]
     if not tok.is_file():
         raise UserError(f"{data_dir}: tokenizer file {tok.name} is missing")
-    digest = hashlib.sha256(tok.read_bytes()).hexdigest()
+    digest = file_sha256(tok)
     if digest != manifest["tokenizer"]["sha256"]:
         raise UserError(f"{data_dir}: shards were made with another tokenizer than {tok.name} "
                         f"(sha256 {manifest['tokenizer']['sha256'][:12]} vs {digest[:12]}); "

@@ -9,8 +9,6 @@ Re-running with the same config resumes from the last good checkpoint.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,64 +18,13 @@ from data_prep.atomic import write_text
 from minimodel.config import RunConfig, dump_toml, load_config
 from minimodel.data import TokenShards, token_byte_lengths
 from minimodel.distributed import barrier, cleanup, init_distributed
-from minimodel.errors import UserError, cli_entry
+from minimodel.errors import cli_entry
 from minimodel.export import export_final
 from minimodel.model import MiniModel
 from minimodel.optim import build_optimizers
+from minimodel.rundir import check_same_run, command_line, device_description, git_commit
 from minimodel.tracking import Tracker
 from minimodel.trainer import preflight, train
-
-# Keys that may change between a run and its resumption without changing the result's meaning.
-RESUMABLE_CHANGES = {("train", k) for k in ("steps", "stop_at_step", "log_every", "eval_every",
-                                             "ckpt_every", "keep_last", "progress", "compile",
-                                             "attn_logit_every", "device")} | {("tracking", "wandb"),
-                                                                                ("tracking", "run_name")}
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                              cwd=Path(__file__).resolve().parent).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def command_line() -> str:
-    """How this stage was launched, as a user would retype it (no machine paths)."""
-    prefix = "torchrun -m" if "LOCAL_RANK" in os.environ else "python -m"
-    script = Path(sys.argv[0]).resolve()
-    root = Path(__file__).resolve().parent.parent
-    try:  # the entry module (pretrain, or a driver such as the ablation) as a dotted name
-        entry = ".".join(script.relative_to(root).with_suffix("").parts)
-    except ValueError:
-        entry, prefix = script.name, "python"
-    return " ".join([prefix, entry, *sys.argv[1:]])
-
-
-def device_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda: {torch.cuda.get_device_name(device)}"
-    import platform
-
-    return f"cpu: {os.cpu_count()} cores, {platform.machine()}"
-
-
-def check_same_run(run_dir: Path, resolved: dict) -> None:
-    """A run directory holds one experiment: refuse to resume it under another config."""
-    import tomllib
-
-    path = run_dir / "config.toml"
-    if not path.is_file():
-        return
-    old = tomllib.loads(path.read_text(encoding="utf-8"))
-    old.pop("run", None)
-    diffs = [f"{s}.{k}: {old.get(s, {}).get(k)!r} -> {v!r}"
-             for s, values in resolved.items() for k, v in values.items()
-             if (s, k) not in RESUMABLE_CHANGES and old.get(s, {}).get(k) != v]
-    if diffs:
-        raise UserError(f"{run_dir} holds a run with another config ({'; '.join(diffs[:3])}); "
-                        "use another train.out_dir or delete the old run")
-
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog="python -m minimodel.pretrain", description=__doc__,

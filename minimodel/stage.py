@@ -24,7 +24,7 @@ from minimodel.distributed import DistInfo, barrier
 from minimodel.errors import UserError
 from minimodel.lora import TrainableView, apply_lora, full_finetune, merge, save_adapter
 from minimodel.optim import build_optimizers
-from minimodel.pretrain import check_same_run, command_line, device_description, git_commit
+from minimodel.rundir import check_same_run, command_line, device_description, git_commit
 from minimodel.tracking import Tracker
 from minimodel.trainer import preflight, train
 

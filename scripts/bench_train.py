@@ -22,6 +22,7 @@ from minimodel.flops import device_peak_flops, flops_per_token
 from minimodel.hf_config import to_hf_config
 from minimodel.model import MiniModel, model_config_from
 from minimodel.optim import build_optimizers
+from minimodel.rundir import device_description
 
 
 def hf_loss(model, x, y):
@@ -91,7 +92,7 @@ def bench_preset(preset: str, seq: int, batch: int, rounds: int, warmup: int, op
     tok_s = tokens / med["native"]
     result = {
         "bench": "train", "preset": preset, "params": native.num_params(), "seq": seq, "batch": batch,
-        "dtype": dtype, "optim": optim, "compile": compile_, "device": device_name(device),
+        "dtype": dtype, "optim": optim, "compile": compile_, "device": device_description(device),
         "threads": torch.get_num_threads(),
         "native_tok_s": round(tok_s, 1), "hf_tok_s": round(tokens / med["hf"], 1),
         "ratio_vs_hf": round(statistics.median(ratios), 3),
@@ -102,13 +103,6 @@ def bench_preset(preset: str, seq: int, batch: int, rounds: int, warmup: int, op
     if device.type == "cuda":
         result["peak_mem_gib_both_models"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     return result
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    import platform
-    return f"cpu ({platform.processor() or platform.machine()})"
 
 
 def main(argv=None):

@@ -5,7 +5,6 @@ import pytest
 
 from minimodel.ablation import ARMS, main
 from minimodel.ablation_summary import tokens_to_reach
-from minimodel.errors import UserError
 
 
 def test_tokens_to_reach_interpolates():
