@@ -29,6 +29,7 @@ from data_prep.errors import DataPrepError, run_cli
 from data_prep.shards import command_line, token_dtype
 from data_prep.splits import is_heldout
 from data_prep.tokenizer import BOS_ID, CHAT_TOKENS, EOS_ID, file_sha256, load_tokenizer
+from minimodel.jsonfile import read_json_object
 
 SFT_FORMAT = "minimodel-sft-v1"
 ROLES = ("system", "user", "assistant")
@@ -55,6 +56,11 @@ def to_messages(rec: dict, where: str = "record") -> list[dict]:
                 raise DataPrepError(f"{where}: message needs role in {ROLES} and text content, got {sorted(m)}")
             msgs.append({"role": role, "content": content})
     elif "instruction" in rec and "output" in rec:
+        wrong = [k for k in ("instruction", "input", "output", "system")
+                 if rec.get(k) is not None and not isinstance(rec[k], str)]
+        if wrong:
+            raise DataPrepError(f"{where}: Alpaca field(s) {wrong} must be text, got "
+                                f"{[type(rec[k]).__name__ for k in wrong]}")
         prompt = rec["instruction"] or ""
         if rec.get("input"):
             prompt = f"{prompt}\n\n{rec['input']}"
@@ -154,14 +160,58 @@ def prepare_sft(out_dir: str | Path, tokenizer_path: str | Path, recs: Iterable[
     return manifest
 
 
-def read_sft(set_dir: str | Path, split: str = "train") -> list[tuple[np.ndarray, np.ndarray]]:
-    """[(ids, mask)] per example (for tests and small sets)."""
+def sft_manifest_problem(m) -> str | None:
+    """What makes an SFT manifest unreadable for the loaders (wrong types, missing keys), or None."""
+    from data_prep.shards import _is_count, _is_name
+
+    if not isinstance(m, dict):
+        return f"is a JSON {type(m).__name__}, not an object"
+    if m.get("format") != SFT_FORMAT:
+        return f"has format {m.get('format')!r}, expected {SFT_FORMAT!r} (a set from python -m data_prep.sft)"
+    if m.get("dtype") not in ("uint16", "uint32"):
+        return f"has dtype {m.get('dtype')!r}, expected 'uint16' or 'uint32'"
+    tok = m.get("tokenizer")
+    if not isinstance(tok, dict) or not _is_name(tok.get("file")) or not isinstance(tok.get("sha256"), str) \
+            or not _is_count(tok.get("pad_id", 0)):
+        return "lacks tokenizer.file / tokenizer.sha256 / tokenizer.pad_id"
+    splits = m.get("splits")
+    if not isinstance(splits, dict) or not splits:
+        return "lacks its splits"
+    for name, s in splits.items():
+        if not isinstance(s, dict) or not all(_is_name(s.get(k)) for k in ("tokens_file", "mask_file", "index_file")):
+            return f"split {name!r} lacks tokens_file / mask_file / index_file"
+    return None
+
+
+def load_sft_split(set_dir: str | Path, split: str) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+    """(manifest, token ids, loss mask, example offsets) of one split, checked for consistency."""
     set_dir = Path(set_dir)
-    m = json.loads((set_dir / "manifest.json").read_text())
+    path = set_dir / "manifest.json"
+    if not path.is_file():
+        raise DataPrepError(f"{set_dir} has no manifest.json: prepare SFT data with python -m data_prep.sft")
+    m = read_json_object(path, "prepare the SFT set again", DataPrepError)
+    problem = sft_manifest_problem(m)
+    if problem:
+        raise DataPrepError(f"{path} {problem}; prepare the SFT set again with python -m data_prep.sft")
+    if split not in m["splits"]:
+        raise DataPrepError(f"{set_dir} has no split {split!r}; it has {sorted(m['splits'])}")
     s = m["splits"][split]
-    ids = np.fromfile(set_dir / s["tokens_file"], dtype=m["dtype"])
+    for key in ("tokens_file", "mask_file", "index_file"):
+        if not (set_dir / s[key]).is_file():
+            raise DataPrepError(f"{set_dir / s[key]} is missing: truncated set, prepare it again")
+    ids = np.fromfile(set_dir / s["tokens_file"], dtype=np.dtype(m["dtype"]).newbyteorder("<"))
     mask = np.fromfile(set_dir / s["mask_file"], dtype=np.uint8)
     idx = np.fromfile(set_dir / s["index_file"], dtype="<u8")
+    # offsets start at 0, never decrease and end at the token count; anything else is a damaged file
+    if len(ids) != len(mask) or not len(idx) or idx[0] != 0 or idx[-1] != len(ids) or np.any(np.diff(idx.astype(np.int64)) < 0) \
+            or idx.max(initial=0) > len(ids):
+        raise DataPrepError(f"{set_dir}/{split}: tokens, mask and index disagree: truncated set, prepare it again")
+    return m, ids, mask, idx.astype(np.int64)
+
+
+def read_sft(set_dir: str | Path, split: str = "train") -> list[tuple[np.ndarray, np.ndarray]]:
+    """[(ids, mask)] per example (for tests and small sets)."""
+    _, ids, mask, idx = load_sft_split(set_dir, split)
     return [(ids[a:b], mask[a:b]) for a, b in zip(idx[:-1], idx[1:])]
 
 

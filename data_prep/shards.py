@@ -25,6 +25,7 @@ import numpy as np
 from data_prep.atomic import atomic_dir, write_bytes, write_json
 from data_prep.errors import DataPrepError
 from data_prep.tokenizer import EOS_ID, file_sha256, load_tokenizer
+from minimodel.jsonfile import read_json_object
 
 FORMAT = "minimodel-shards-v1"
 SHARD_TOKENS = 1 << 24  # ~32 MB per uint16 shard
@@ -153,13 +154,54 @@ def fingerprint(tokenizer_sha: str, docs_by_split: dict[str, list[str]], extra) 
 
 
 def read_manifest(set_dir: str | Path) -> dict | None:
+    """The manifest of a prepared set; None when it is missing, unreadable or malformed."""
     p = Path(set_dir) / "manifest.json"
     if not p.is_file():
         return None
     try:
-        return json.loads(p.read_text(encoding="utf-8"))
+        m = json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
+    return m if manifest_problem(m) is None else None
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _is_name(v) -> bool:
+    """A file name relative to the set directory (no absolute paths, no way out of it)."""
+    return isinstance(v, str) and bool(v) and not v.startswith("/") and ".." not in Path(v).parts
+
+
+def manifest_problem(m) -> str | None:
+    """What makes a manifest unreadable for the loaders (wrong types, missing keys), or None.
+    Checked once here so the readers can index it without a KeyError/TypeError per field."""
+    if not isinstance(m, dict):
+        return f"is a JSON {type(m).__name__}, not an object"
+    if m.get("format") != FORMAT:
+        return f"has format {m.get('format')!r}, expected {FORMAT!r}"
+    if m.get("dtype") not in ("uint16", "uint32"):
+        return f"has dtype {m.get('dtype')!r}, expected 'uint16' or 'uint32'"
+    if not _is_count(m.get("vocab_size")) or not m["vocab_size"]:
+        return f"has vocab_size {m.get('vocab_size')!r}, expected a positive integer"
+    if not _is_count(m.get("eos_id")):
+        return f"has eos_id {m.get('eos_id')!r}, expected a token id"
+    tok = m.get("tokenizer")
+    if not isinstance(tok, dict) or not _is_name(tok.get("file")) or not isinstance(tok.get("sha256"), str):
+        return "lacks tokenizer.file / tokenizer.sha256"
+    splits = m.get("splits")
+    if not isinstance(splits, dict) or not splits:
+        return "lacks its splits"
+    for name, split in splits.items():
+        shards = split.get("shards") if isinstance(split, dict) else None
+        if not isinstance(shards, list) or not all(
+                isinstance(s, dict) and _is_name(s.get("file")) and _is_count(s.get("tokens")) for s in shards):
+            return f"split {name!r} lacks a list of shards with file and tokens"
+        for key in ("tokens", "bytes", "docs"):
+            if key in split and not _is_count(split[key]):
+                return f"split {name!r} has {key} {split[key]!r}, expected a count"
+    return None
 
 
 def _complete(set_dir: Path, manifest: dict) -> bool:
@@ -227,15 +269,23 @@ def prepare_from_docs(out_dir: str | Path, tokenizer_path: str | Path,
     return manifest
 
 
+def load_manifest(set_dir: str | Path) -> dict:
+    """The manifest of a prepared set, or a DataPrepError saying why it cannot be read."""
+    p = Path(set_dir) / "manifest.json"
+    if not p.is_file():
+        raise DataPrepError(f"{set_dir}: no manifest.json; prepare the set first")
+    m = read_json_object(p, "prepare the set again", DataPrepError)
+    problem = manifest_problem(m)
+    if problem:
+        raise DataPrepError(f"{p} {problem}; prepare the set again with data_prep")
+    return m
+
+
 def check_prepared(set_dir: str | Path, tokenizer_path: str | Path | None = None,
                    scan: bool = True) -> dict:
     """Validate a prepared set (and optionally a tokenizer meant to read it); returns its manifest."""
     set_dir = Path(set_dir)
-    m = read_manifest(set_dir)
-    if m is None:
-        raise DataPrepError(f"{set_dir}: no readable manifest.json; prepare the set first")
-    if m.get("format") != FORMAT:
-        raise DataPrepError(f"{set_dir}: format {m.get('format')!r}, expected {FORMAT!r}; re-run data_prep")
+    m = load_manifest(set_dir)
     tok = Path(tokenizer_path) if tokenizer_path else set_dir / m["tokenizer"]["file"]
     if not tok.is_file():
         raise DataPrepError(f"{set_dir}: tokenizer {tok} missing; copy the tokenizer the shards were made with")
@@ -262,11 +312,12 @@ def check_prepared(set_dir: str | Path, tokenizer_path: str | Path | None = None
 def read_tokens(set_dir: str | Path, split: str) -> np.ndarray:
     """All tokens of one split (for small sets, mixtures and tests)."""
     set_dir = Path(set_dir)
-    m = read_manifest(set_dir)
-    if m is None:
-        raise DataPrepError(f"{set_dir}: no manifest.json; prepare the set first")
+    m = load_manifest(set_dir)
     if split not in m["splits"]:
         raise DataPrepError(f"{set_dir}: no split {split!r}; splits are {sorted(m['splits'])}")
     dtype = np.dtype(m["dtype"])
+    for s in m["splits"][split]["shards"]:
+        if not (set_dir / s["file"]).is_file():
+            raise DataPrepError(f"{set_dir / s['file']}: shard missing; prepare the set again")
     parts = [np.fromfile(set_dir / s["file"], dtype=dtype) for s in m["splits"][split]["shards"]]
     return np.concatenate(parts) if parts else np.zeros(0, dtype)

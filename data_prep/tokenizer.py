@@ -122,10 +122,15 @@ def weighted_texts(texts_by_lang: Mapping[str, Sequence[str]], weights: Mapping[
 
 
 def load_tokenizer(path: str | Path) -> spm.SentencePieceProcessor:
+    """A sentencepiece model; DataPrepError when the file is missing or not a sentencepiece model."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"tokenizer not found: {path} (train one with data_prep)")
-    return spm.SentencePieceProcessor(model_file=str(path))
+        raise DataPrepError(f"tokenizer not found: {path} (train one with python -m data_prep.tokenizer)")
+    try:
+        return spm.SentencePieceProcessor(model_file=str(path))
+    except (RuntimeError, OSError, ValueError) as e:  # a bad protobuf: RuntimeError or UnicodeDecodeError
+        raise DataPrepError(f"{path} is not a sentencepiece model ({str(e).splitlines()[0] if str(e) else 'unreadable'}); "
+                            "give the tokenizer.model the data was prepared with") from None
 
 
 def file_sha256(path: str | Path) -> str:

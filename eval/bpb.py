@@ -19,7 +19,6 @@ Writes RUN_DIR/eval/bpb.json for a run directory (or --out).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import shlex
@@ -29,23 +28,27 @@ from pathlib import Path
 import numpy as np
 
 from data_prep.atomic import write_json
-from eval.jsonl import jsonl_records
+from eval.jsonl import jsonl_records, read_utf8
 from minimodel.errors import UserError, cli_entry
 from eval.models import LoadedModel, load_model, small_model_threads
 from eval.scoring import score_docs
+from minimodel.jsonfile import read_json_object
 
 NAME_RE = re.compile(r"^[a-z]{2,3}(_[A-Za-z0-9.\-]+)*$")
 
 
 def _manifest(d: Path) -> dict:
+    """A set's manifest.json as a dict ({} when there is none); UserError when it is damaged."""
     p = d / "manifest.json"
-    return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+    if not p.is_file():
+        return {}
+    return read_json_object(p, "prepare the set again")
 
 
 def read_texts(path: Path) -> tuple[list[str], str | None]:
     """Documents of a .jsonl ({"text"}) or .txt file (one document), and their language if stated."""
     if path.suffix == ".txt":
-        return [path.read_text(encoding="utf-8")], None
+        return [read_utf8(path)], None
     docs, langs = [], set()
     for n, rec in jsonl_records(path, 'one {"text": ...} object per line'):
         if not isinstance(rec.get("text"), str):
@@ -65,7 +68,8 @@ def parse_set(spec: str) -> dict:
         head, _, split = rest.rpartition(":")
         path = Path(head)
     if not path.exists():
-        raise UserError(f"held-out set not found: {path} (a prepared set dir, DIR:SPLIT, .jsonl or .txt)")
+        shown = str(path) if str(path).isprintable() else repr(str(path))  # the message stays one line
+        raise UserError(f"held-out set not found: {shown} (a prepared set dir, DIR:SPLIT, .jsonl or .txt)")
     lang = None
     if path.is_dir():
         man = _manifest(path)

@@ -31,10 +31,10 @@ class SPTokenizer:
     """The kit's sentencepiece tokenizers (BOS/EOS = 2/3, ChatML markers as single pieces)."""
 
     def __init__(self, path: Path):
-        import sentencepiece as spm
+        from data_prep.tokenizer import load_tokenizer
 
         self.path = Path(path)
-        self.sp = spm.SentencePieceProcessor(model_file=str(path))
+        self.sp = load_tokenizer(path)
         self.sha256 = file_sha256(path)
         self.bos_id = self.sp.bos_id() if self.sp.bos_id() >= 0 else None
         self.eos_id = self.sp.eos_id() if self.sp.eos_id() >= 0 else None
@@ -56,8 +56,14 @@ class HFTokenizer:
     def __init__(self, path: str | Path):
         from transformers import AutoTokenizer
 
+        from minimodel.bases import HF_LOAD_ERRORS, _first_line
+
         self.path = path
-        self.tok = AutoTokenizer.from_pretrained(str(path))
+        try:
+            self.tok = AutoTokenizer.from_pretrained(str(path))
+        except HF_LOAD_ERRORS as e:
+            raise UserError(f"cannot load the tokenizer of {path}: {_first_line(e)}; "
+                            "copy the model's tokenizer files beside it") from None
         self.sha256 = None  # not a single file: token shards can only be checked against sentencepiece
         self.bos_id, self.eos_id = self.tok.bos_token_id, self.tok.eos_token_id
         self.vocab_size = len(self.tok)
@@ -105,8 +111,10 @@ class LoadedModel:
 
 
 def _read_toml(path: Path) -> dict:
+    from eval.jsonl import read_utf8
+
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        return tomllib.loads(read_utf8(path)) if path.is_file() else {}
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path} is not valid TOML ({e})") from None
 
@@ -132,22 +140,20 @@ def _tokenizer_for(path: Path, fallback: str | Path | None = None):
 
 
 def _native(path: Path):
+    from minimodel.bases import read_native_config
     from minimodel.checkpoint import load_model_weights
-    from minimodel.model import MiniModel, model_config_from
+    from minimodel.model import MiniModel
 
-    cfg = model_config_from(None, **json.loads((path / "minimodel.json").read_text(encoding="utf-8")))
+    cfg = read_native_config(path / "minimodel.json")
     model = MiniModel(cfg)
     load_model_weights(model, path / "model.safetensors")
     return model, cfg.max_seq_len
 
 
 def _hf(path: str | Path):
-    from transformers import AutoModelForCausalLM
+    from minimodel.bases import load_hf_causal_lm
 
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot load a Hugging Face model from {path}: {str(e).splitlines()[0]}") from None
+    model = load_hf_causal_lm(path, "a Hugging Face model from", dtype=torch.float32)
     return model, int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
 
 
@@ -183,8 +189,12 @@ def load_model(spec: str | Path, adapter: str | Path | None = None, device: str 
             raise UserError(f"{run_dir} has no final/ (the run did not finish) and no adapter/: nothing to evaluate")
     if p.is_dir() and (p / "adapter_config.json").is_file() and adapter is None:
         adapter = p
-        base = json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        if not base:
+        try:
+            acfg = json.loads((p / "adapter_config.json").read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UserError(f"{p / 'adapter_config.json'} is not readable JSON ({str(e)[:120]})") from None
+        base = acfg.get("base_model_name_or_path") if isinstance(acfg, dict) else None
+        if not isinstance(base, str) or not base:
             raise UserError(f"{p}: adapter_config.json names no base_model_name_or_path; pass the base model")
         p = Path(base)
     if not p.exists() and not (isinstance(spec, str) and "/" in spec and not spec.startswith((".", "/"))):
@@ -194,11 +204,11 @@ def load_model(spec: str | Path, adapter: str | Path | None = None, device: str 
     tokenizer = _tokenizer_for(Path(adapter), fallback=where) if adapter else (
         _tokenizer_for(tok_dir) if tok_dir else HFTokenizer(where))
     if adapter is not None:
-        from peft import PeftModel
+        from minimodel.lora import load_peft
 
         # merged for evaluation: the same function as base + adapter, and the plain model's
         # interface (our generate(), KV caches) keeps working
-        module = PeftModel.from_pretrained(module, str(adapter)).merge_and_unload()
+        module = load_peft(module, Path(adapter)).merge_and_unload()
     trained = run_config(run_dir).get("data", {}).get("seq_len") if run_dir else None
     ctx = int(context or min(trained or max_pos, max_pos))
     dev = pick_device(device)

@@ -23,6 +23,7 @@ from data_prep.atomic import atomic_dir, write_bytes, write_json, write_text
 from minimodel.errors import UserError, cli_entry
 from eval.forgetting import (backward_transfer, benchmark_deltas, forgetting_rows, language_of)
 from eval.models import run_config
+from minimodel.jsonfile import read_json_object
 
 DEFAULT_USD_PER_GPU_HOUR = 0.3  # an RTX 4090 on a rental market (DESIGN.md)
 
@@ -30,10 +31,44 @@ DEFAULT_USD_PER_GPU_HOUR = 0.3  # an RTX 4090 on a rental market (DESIGN.md)
 def _json(path: Path) -> dict | None:
     if not path.is_file():
         return None
+    return read_json_object(path, "re-run the stage that wrote it")
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_stage_docs(run_dir: Path, bpb: dict, gens: dict | None, lme: dict | None) -> None:
+    """The fields of the eval JSONs the report reads, checked once (they are read in many places)."""
+    sets = bpb.get("sets")
+    if not isinstance(sets, dict) or not all(isinstance(v, dict) and _is_num(v.get("bpb")) for v in sets.values()) \
+            or not all(isinstance(bpb.get(k), (str, type(None))) for k in ("stage", "base", "command")):
+        raise UserError(f"{run_dir / 'eval' / 'bpb.json'} is damaged (no sets with a numeric bpb); re-run eval.bpb")
+    if gens is not None:
+        samples = gens.get("samples")
+        keys = ("id", "lang", "kind", "prompt", "mode", "text")
+        if not isinstance(samples, list) or not all(
+                isinstance(x, dict) and all(isinstance(x.get(k), str) for k in keys)
+                and isinstance(x.get("repetition"), dict) for x in samples):
+            raise UserError(f"{run_dir / 'eval' / 'generations.json'} is damaged (samples lack id, lang, kind, "
+                            "prompt, mode, text or repetition); re-run eval.generations")
+    if lme is not None and not (isinstance(lme.get("results", {}), dict) and isinstance(lme.get("items", {}), (dict, type(None)))):
+        raise UserError(f"{run_dir / 'eval' / 'lm_eval.json'} is damaged (results is not an object); re-run eval.harness")
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    from minimodel.tracking import read_metrics
+
+    path = run_dir / "metrics.jsonl"
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        rows = read_metrics(run_dir)
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text (bad byte at offset {e.start})") from None
     except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON ({e}); re-run the stage that wrote it") from None
+        raise UserError(f"{path} holds a line that is not JSON ({e}); the run's log is damaged") from None
+    if not all(isinstance(r, dict) for r in rows):
+        raise UserError(f"{path} holds a line that is not a JSON object; the run's log is damaged")
+    return rows
 
 
 def training_language(cfg: dict) -> str | None:
@@ -58,8 +93,6 @@ def wall_seconds(metrics: list[dict]) -> float | None:
 
 
 def collect_run(run_dir: Path, rate: float) -> dict:
-    from minimodel.tracking import read_metrics
-
     if not run_dir.is_dir():
         raise UserError(f"run directory not found: {run_dir}")
     if not (run_dir / "config.toml").is_file():
@@ -68,8 +101,12 @@ def collect_run(run_dir: Path, rate: float) -> dict:
     if bpb is None:
         raise UserError(f"{run_dir} lacks the bits-per-byte stage (eval/bpb.json) the report needs; run "
                         f"python -m eval.bpb {run_dir} --data HELDOUT_SET ... first")
-    cfg, metrics = run_config(run_dir), read_metrics(run_dir)
+    cfg, metrics = run_config(run_dir), _metrics(run_dir)
     gens, lme = _json(run_dir / "eval" / "generations.json"), _json(run_dir / "eval" / "lm_eval.json")
+    _check_stage_docs(run_dir, bpb, gens, lme)
+    bad = [k for k in ("run", "train", "model", "lora", "replay", "optim", "data", "base") if not isinstance(cfg.get(k, {}), dict)]
+    if bad:
+        raise UserError(f"{run_dir / 'config.toml'}: {bad} must be tables ([section]); the run's config is damaged")
     stage = (bpb.get("stage") or cfg.get("run", {}).get("stage")
              or ("sft" if "sft" in cfg else "cpt" if ("base" in cfg or "lora" in cfg) else "base"))
     base_ref = bpb.get("base") or cfg.get("base", {}).get("path") or cfg.get("base", {}).get("model")

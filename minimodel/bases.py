@@ -11,16 +11,17 @@ Either way the stage gets a `CausalLM`: one calling convention for the trainer
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+from huggingface_hub.errors import StrictDataclassError
 
 from minimodel.errors import UserError
 from minimodel.loss import cross_entropy
 from minimodel.model import MiniModel, ModelConfig
+from minimodel.jsonfile import read_json_object
 
 TOKENIZER_FILE = "tokenizer.model"
 
@@ -86,14 +87,41 @@ def minimodel_dir(path: Path) -> Path | None:
     return None
 
 
+def read_native_config(path: Path) -> ModelConfig:
+    """The ModelConfig in a minimodel.json, every field type- and range-checked before a model is built
+    (a string or a zero there would fail deep inside torch)."""
+    return native_config(read_json_object(path, "export the model again"), str(path))
+
+
+def native_config(spec, path: str) -> ModelConfig:
+    """ModelConfig(**spec) for a spec read from a file (`path` names it in errors)."""
+    from dataclasses import fields
+
+    if not isinstance(spec, dict):
+        raise UserError(f"{path} is a JSON {type(spec).__name__}, not a minimodel config object")
+    known = {f.name: f for f in fields(ModelConfig)}
+    unknown = sorted(set(spec) - set(known))
+    if unknown:
+        raise UserError(f"{path}: unknown model key(s) {unknown}; valid keys: {sorted(known)}")
+    for key, value in spec.items():
+        want = type(getattr(ModelConfig(), key))
+        ok = isinstance(value, bool) if want is bool else (
+            isinstance(value, int) and not isinstance(value, bool) if want is int else
+            isinstance(value, (int, float)) and not isinstance(value, bool) and value == value)
+        if not ok:
+            raise UserError(f"{path}: {key} is {value!r}, expected {want.__name__}")
+        if want is not bool and (value < 0 or (value == 0 and key != "head_dim")):
+            raise UserError(f"{path}: {key} is {value!r}, expected a positive number")
+    try:
+        return ModelConfig(**spec)
+    except (ValueError, ZeroDivisionError) as e:
+        raise UserError(f"{path} is not a consistent minimodel config ({e})") from None
+
+
 def load_native(weights_dir: Path) -> MiniModel:
     from minimodel.checkpoint import load_model_weights
 
-    try:
-        spec = json.loads((weights_dir / "minimodel.json").read_text(encoding="utf-8"))
-        model = MiniModel(ModelConfig(**spec))
-    except (json.JSONDecodeError, TypeError, ValueError) as e:
-        raise UserError(f"{weights_dir / 'minimodel.json'} is not a minimodel config ({e})") from None
+    model = MiniModel(read_native_config(weights_dir / "minimodel.json"))
     load_model_weights(model, weights_dir / "model.safetensors")
     return model
 
@@ -109,17 +137,54 @@ def load_base(source: str, trust_remote_code: bool = False) -> Base:
     if path.exists() and not (path / "config.json").is_file():
         raise UserError(f"base {source} is neither a minimodel run directory (no final/minimodel.json) "
                         "nor a Hugging Face model directory (no config.json)")
-    from transformers import AutoModelForCausalLM
-
-    try:
-        hf = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot load base {source!r} with transformers: {first}") from None
+    hf = load_hf_causal_lm(source, "base", dtype=torch.float32, trust_remote_code=trust_remote_code)
     weights_dir = path if path.is_dir() else _hub_snapshot(hf)
     tok = weights_dir / TOKENIZER_FILE if weights_dir is not None else None
     return Base(CausalLM(hf, "hf", config_from_hf(hf.config)), source, weights_dir,
                 tok if tok is not None and tok.is_file() else None)
+
+
+def read_hf_config(model_dir: Path) -> dict:
+    """config.json of a local Hugging Face directory; UserError unless it is one JSON object
+    (transformers itself fails on a bad one with TypeError/AttributeError from deep inside)."""
+    return read_json_object(Path(model_dir) / "config.json", "copy the model's config.json again")
+
+
+# What transformers raises for a config or weights it cannot use: a bad value is a TypeError,
+# ValueError or KeyError inside the config class, a weight of another shape a RuntimeError,
+# a cut safetensors file an OSError or safetensors' own error (a subclass of Exception only).
+# huggingface_hub's StrictDataclassError: a config field of the wrong type (transformers >= 5).
+HF_LOAD_ERRORS = (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError, RuntimeError, ImportError,
+                  StrictDataclassError)
+
+
+def _first_line(e: BaseException) -> str:
+    """The gist of a library error in one line (some span two: "field x:" then the reason)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return " ".join(lines[:2])[:240] if lines else type(e).__name__
+
+
+def load_hf_causal_lm(source: str | Path, what: str = "model", **kw):
+    """AutoModelForCausalLM.from_pretrained(source, **kw), refusing a directory whose weights do not
+    all load: transformers only *logs* missing, unexpected or misshapen weights and goes on with
+    random ones, which would train or evaluate the wrong model silently."""
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM
+
+    if Path(source).is_dir():
+        read_hf_config(Path(source))
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(str(source), output_loading_info=True, **kw)
+    except torch.OutOfMemoryError:
+        raise
+    except (*HF_LOAD_ERRORS, SafetensorError) as e:
+        raise UserError(f"cannot load {what} {str(source)!r} with transformers: {_first_line(e)}") from None
+    bad = {k: list(info.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if any(bad.values()):
+        detail = "; ".join(f"{k.split('_')[0]} {v[:3]}{'...' if len(v) > 3 else ''}" for k, v in bad.items() if v)
+        raise UserError(f"{what} {str(source)!r}: its weights do not match its config.json ({detail}); "
+                        "the directory mixes files of different models")
+    return model
 
 
 def _hub_snapshot(hf) -> Path | None:
@@ -137,12 +202,13 @@ def tokenizer_relation(base_tok: Path | None, data_tok: Path, base_source: str) 
     if base_tok is None:
         raise UserError(f"base {base_source} has no {TOKENIZER_FILE}: cannot check that the data was tokenised "
                         f"for it; put the sentencepiece model the data was made with beside its weights")
+    if not Path(data_tok).is_file():
+        raise UserError(f"the data's tokenizer {data_tok} is missing; prepare the data again")
     if sha256(base_tok) == sha256(data_tok):
         return "same"
-    import sentencepiece as spm
+    from data_prep.tokenizer import load_tokenizer
 
-    b = spm.SentencePieceProcessor(model_file=str(base_tok))
-    d = spm.SentencePieceProcessor(model_file=str(data_tok))
+    b, d = load_tokenizer(base_tok), load_tokenizer(data_tok)
     nb, nd = b.get_piece_size(), d.get_piece_size()
     if nd > nb and all(b.id_to_piece(i) == d.id_to_piece(i) for i in range(nb)):
         return "extended"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import shutil
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from data_prep.atomic import atomic_dir
 from minimodel.errors import UserError
+from minimodel.jsonfile import read_json_object
 
 META = "checkpoint.json"
 
@@ -102,11 +104,12 @@ def verify_checkpoint(path: Path) -> dict:
     meta_path = path / META
     if not meta_path.is_file():
         raise UserError(f"{path} has no {META}: the checkpoint was not finished")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{meta_path} is corrupted ({e})") from None
-    for name, digest in meta.get("files", {}).items():
+    meta = read_json_object(meta_path, "the checkpoint is corrupted")
+    files = meta.get("files")
+    if not isinstance(files, dict) or not all(isinstance(n, str) and isinstance(d, str) for n, d in files.items()) \
+            or not {"model.safetensors", "optimizer.pt", "rng.pt"} <= set(files):
+        raise UserError(f"{meta_path} is corrupted: it does not list the checkpoint's files and checksums")
+    for name, digest in files.items():
         f = path / name
         if not f.is_file():
             raise UserError(f"checkpoint file missing: {f}")
@@ -134,15 +137,34 @@ def latest_checkpoint(ckpt_root: str | Path) -> tuple[Path, dict] | None:
     return None
 
 
+def _load_pt(path: Path):
+    """torch.load(weights_only=True) of a checkpoint file; a damaged file is a UserError naming it."""
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as e:
+        # torch reports a cut or foreign file through any of these, depending on where it breaks
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot read checkpoint file {path}: {first[:200]} (truncated or corrupted?)") from None
+
+
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizers: list) -> None:
     load_model_weights(model, path / "model.safetensors")
-    states = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
+    states = _load_pt(path / "optimizer.pt")
+    if not isinstance(states, list) or not all(isinstance(s, dict) for s in states):
+        raise UserError(f"{path / 'optimizer.pt'} holds no list of optimizer states: not a minimodel checkpoint")
     if len(states) != len(optimizers):
         raise UserError(f"{path}: checkpoint has {len(states)} optimizer states, this run has "
                         f"{len(optimizers)}: it was made with another optimizer setting")
     for opt, state in zip(optimizers, states):
-        opt.load_state_dict(state)
-    rng = torch.load(path / "rng.pt", weights_only=True)
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+        try:
+            opt.load_state_dict(state)
+        except (KeyError, ValueError, TypeError, IndexError) as e:
+            raise UserError(f"{path / 'optimizer.pt'} does not fit this run's optimizer ({type(e).__name__}: "
+                            f"{str(e)[:120]}): it was made with another optimizer setting") from None
+    rng = _load_pt(path / "rng.pt")
+    try:
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+    except (KeyError, TypeError, RuntimeError, IndexError):
+        raise UserError(f"{path / 'rng.pt'} holds no RNG states: the checkpoint is corrupted") from None

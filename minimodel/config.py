@@ -61,6 +61,9 @@ class TrainConfig:
     attn_logit_every: int = 100         # 0 disables; QK-norm exists to bound this
     progress: bool = True
     stop_at_step: int = 0               # >0: checkpoint and exit there (time-sliced jobs); resume later
+    on_nonfinite: str = "skip"          # NaN/inf loss or gradient: "skip" the update (counted) | "stop"
+    max_consecutive_skips: int = 20     # that many skipped steps in a row stop the run anyway
+    spike_sigma: float = 6.0            # log a loss this many running std above its running mean; 0: off
 
 
 @dataclass
@@ -165,6 +168,7 @@ CHOICES = {
     ("optim", "muon_adjust_lr_fn"): ("original", "match_rms_adamw"),
     ("optim", "schedule"): ("cosine", "wsd", "constant"),
     ("train", "dtype"): ("bf16", "fp32"),
+    ("train", "on_nonfinite"): ("skip", "stop"),
     ("train", "device"): ("auto", "cpu", "cuda"),
     ("lora", "backend"): ("peft", "unsloth"),
 }
@@ -284,6 +288,9 @@ def _check_ranges(cfg) -> None:
             raise UserError(f"config key {section}.{key} must be > 0")
     if not 0 <= cfg.optim.decay_frac <= 1 or not 0 <= cfg.optim.min_lr_frac <= 1:
         raise UserError("optim.decay_frac and optim.min_lr_frac must lie in [0, 1]")
+    if cfg.train.max_consecutive_skips < 0 or not cfg.train.spike_sigma >= 0:
+        raise UserError("train.max_consecutive_skips and train.spike_sigma must be >= 0 (spike_sigma=0 turns "
+                        "spike logging off)")
     if isinstance(cfg, StageConfig):
         _check_stage(cfg)
         return

@@ -7,15 +7,15 @@ with another world size.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from data_prep.shards import FORMAT
+from data_prep.shards import manifest_problem
 from data_prep.tokenizer import file_sha256
 from minimodel.errors import UserError
+from minimodel.jsonfile import read_json_object
 
 
 def read_manifest(data_dir: str | Path) -> dict:
@@ -25,12 +25,10 @@ def read_manifest(data_dir: str | Path) -> dict:
         raise UserError(f"data path not found: {data_dir} (prepare it with python -m data_prep ...)")
     if not path.is_file():
         raise UserError(f"{data_dir} has no manifest.json: not a prepared set, or its preparation did not finish")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON ({e}); prepare the data again") from None
-    if manifest.get("format") != FORMAT:
-        raise UserError(f"{path} has format {manifest.get('format')!r}, expected {FORMAT!r}")
+    manifest = read_json_object(path, "prepare the data again")
+    problem = manifest_problem(manifest)
+    if problem:
+        raise UserError(f"{path} {problem}; prepare the data again with data_prep")
     return manifest
 
 
@@ -135,15 +133,21 @@ def val_window_ids(shards: TokenShards, n_batches: int, micro_batch: int, rank: 
 
 def token_byte_lengths(tokenizer_path: str | Path, vocab_size: int) -> torch.Tensor:
     """UTF-8 bytes each token id stands for (0 for control tokens), for bits per byte."""
-    import sentencepiece as spm
+    from data_prep.tokenizer import load_tokenizer
 
-    sp = spm.SentencePieceProcessor(model_file=str(tokenizer_path))
+    sp = load_tokenizer(tokenizer_path)
     lengths = torch.zeros(vocab_size, dtype=torch.float64)
-    for i in range(sp.get_piece_size()):
-        if sp.is_control(i) or sp.is_unknown(i):
-            continue
-        if sp.is_byte(i):
-            lengths[i] = 1
-            continue
-        lengths[i] = len(sp.id_to_piece(i).replace("\u2581", " ").encode("utf-8"))
+    if sp.get_piece_size() > vocab_size:
+        raise UserError(f"tokenizer {tokenizer_path} has {sp.get_piece_size()} pieces but the model has "
+                        f"vocab_size={vocab_size}: they do not belong together")
+    try:
+        for i in range(sp.get_piece_size()):
+            if sp.is_control(i) or sp.is_unknown(i):
+                continue
+            if sp.is_byte(i):
+                lengths[i] = 1
+                continue
+            lengths[i] = len(sp.id_to_piece(i).replace("\u2581", " ").encode("utf-8"))
+    except UnicodeDecodeError:  # sentencepiece parsed the file, but its pieces are not text
+        raise UserError(f"{tokenizer_path} holds pieces that are not UTF-8: a damaged tokenizer model") from None
     return lengths

@@ -78,10 +78,14 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
 def read_config(model_dir: Path):
     from transformers import AutoConfig
 
+    from minimodel.bases import HF_LOAD_ERRORS, _first_line, read_hf_config
+
+    read_hf_config(model_dir)
     try:
         return AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
-    except (ValueError, KeyError, OSError) as e:
-        raise UserError(f"{model_dir}/config.json cannot be read by transformers: {str(e).splitlines()[0]}") from None
+    except HF_LOAD_ERRORS as e:
+        raise UserError(f"{model_dir}/config.json cannot be read by transformers: "
+                        f"{_first_line(e)}") from None
 
 
 def check_base(model_dir: Path, trust_remote_code: bool = False):
@@ -96,10 +100,13 @@ def check_base(model_dir: Path, trust_remote_code: bool = False):
 def load_tokenizer(model_dir: Path, vocab_size: int, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    from minimodel.bases import HF_LOAD_ERRORS, _first_line
+
     try:
         tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-    except (ValueError, OSError, TypeError) as e:
-        raise UserError(f"{model_dir} has no tokenizer transformers can load ({str(e).splitlines()[0]}); "
+    except HF_LOAD_ERRORS as e:
+        raise UserError(f"{model_dir} has no tokenizer transformers can load "
+                        f"({_first_line(e)}); "
                         "copy the tokenizer files of the model into it") from None
     check_tokenizer_fits(len(tok), vocab_size, str(model_dir))
     return tok
@@ -108,22 +115,28 @@ def load_tokenizer(model_dir: Path, vocab_size: int, trust_remote_code: bool = F
 def load_base(spec: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
               trust_remote_code: bool = False, revision: str | None = None):
     """(model, tokenizer, directory) of a base for the LoRA and SFT stages, through transformers."""
-    from transformers import AutoModelForCausalLM
+    from minimodel.bases import load_hf_causal_lm
 
     model_dir = resolve_base(spec, revision)
     check_base(model_dir, trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, trust_remote_code=trust_remote_code)
+    model = load_hf_causal_lm(model_dir, "base", dtype=dtype, trust_remote_code=trust_remote_code)
     tok = load_tokenizer(model_dir, model.get_input_embeddings().weight.shape[0], trust_remote_code)
     return model.to(device), tok, model_dir
 
 
 def _read_tensors(model_dir: Path) -> dict[str, torch.Tensor]:
     """All safetensors weights of a HF directory (single file or sharded with an index)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     index = model_dir / f"{WEIGHTS}.index.json"
     if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        try:
+            files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            raise UserError(f"{index} is damaged: it does not map weight names to files") from None
+        if not all(isinstance(f, str) for f in files):
+            raise UserError(f"{index} is damaged: its weight_map values are not file names")
     elif (model_dir / WEIGHTS).is_file():
         files = [WEIGHTS]
     else:
@@ -131,14 +144,27 @@ def _read_tensors(model_dir: Path) -> dict[str, torch.Tensor]:
                         "convert it with transformers' save_pretrained(safe_serialization=True)")
     out = {}
     for f in files:
-        out.update(load_file(str(model_dir / f)))
+        try:
+            out.update(load_file(str(model_dir / f)))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise UserError(f"cannot read weights {model_dir / f}: {e} (file missing, truncated or corrupted?)") from None
     return out
 
 
 def load_native(spec: str | Path, revision: str | None = None) -> MiniModel:
     """A Llama/Mistral/Qwen3-shaped checkpoint as a MiniModel with identical logits (fp32)."""
+    from dataclasses import asdict
+
+    from minimodel.bases import native_config
+
     model_dir = resolve_base(spec, revision)
-    cfg = from_hf_config(read_config(model_dir))
+    hf_cfg = read_config(model_dir)
+    try:
+        cfg = from_hf_config(hf_cfg)
+    except (TypeError, ValueError, KeyError, AttributeError, ZeroDivisionError) as e:
+        raise UserError(f"{model_dir}/config.json does not describe a Llama/Qwen3-shaped model ({type(e).__name__}: "
+                        f"{str(e)[:120]})") from None
+    cfg = native_config(asdict(cfg), f"{model_dir}/config.json")  # types and ranges, before building the model
     model = MiniModel(cfg)
     tensors = _read_tensors(model_dir)
     if cfg.tie_embeddings:

@@ -57,8 +57,8 @@ def load_sp(path: str | Path) -> spm.SentencePieceProcessor:
         raise UserError(f"tokenizer not found: {path}; give the sentencepiece .model the model was trained with")
     try:
         return spm.SentencePieceProcessor(model_file=str(path))
-    except (RuntimeError, OSError) as e:
-        raise UserError(f"{path} is not a sentencepiece model ({str(e).splitlines()[0]})") from None
+    except (RuntimeError, OSError, ValueError) as e:  # a bad protobuf: RuntimeError or UnicodeDecodeError
+        raise UserError(f"{path} is not a sentencepiece model ({(str(e).splitlines() or ['unreadable'])[0]})") from None
 
 
 def _model_proto(sp: spm.SentencePieceProcessor):
@@ -93,6 +93,8 @@ def build_hf_tokenizer(sp_path: str | Path):
     sp = load_sp(sp_path)
     proto = _model_proto(sp)
     _check_supported(proto, sp_path)
+    if not all(isinstance(p.piece, str) for p in proto.pieces):  # protobuf hands back bytes that are not UTF-8
+        raise UserError(f"{sp_path} holds pieces that are not UTF-8: a damaged tokenizer model")
     vocab = {p.piece: i for i, p in enumerate(proto.pieces)}
     # CONTROL (3), USER_DEFINED (4) and BYTE (6) pieces never take part in merges.
     skip = [p.piece for p in proto.pieces if p.type in (3, 4, 6)]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -28,6 +29,7 @@ from data_prep.atomic import atomic_dir, write_text
 from minimodel.bases import CausalLM, load_base
 from minimodel.errors import UserError
 from minimodel.model import MiniModel
+from minimodel.jsonfile import read_json_object
 
 ADAPTER_META = "minimodel_adapter.json"
 EMBED_FILE = "embeddings.safetensors"
@@ -124,7 +126,7 @@ def merge(lm: CausalLM) -> nn.Module:
 
 def load_adapted(adapter_dir: str | Path, base_source: str | None = None) -> CausalLM:
     """Base + adapter for evaluation, unmerged (eval mode, frozen)."""
-    import peft
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from minimodel.bases import config_from_hf
@@ -134,7 +136,7 @@ def load_adapted(adapter_dir: str | Path, base_source: str | None = None) -> Cau
     meta_path = adapter_dir / ADAPTER_META
     if not meta_path.is_file():
         raise UserError(f"{adapter_dir} has no {ADAPTER_META}: not an adapter written by minimodel.cpt/sft")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta = read_adapter_meta(meta_path, need_base=base_source is None)
     base = load_base(base_source or meta["base"], meta.get("trust_remote_code", False))
     core = base.lm.core()
     if meta["vocab_size"] > base.lm.config.vocab_size:
@@ -144,7 +146,10 @@ def load_adapted(adapter_dir: str | Path, base_source: str | None = None) -> Cau
         if base.lm.kind == "hf":
             base.lm.config = config_from_hf(core.config)
     if meta["embeddings"]:
-        tensors = load_file(str(adapter_dir / EMBED_FILE))
+        try:
+            tensors = load_file(str(adapter_dir / EMBED_FILE))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise UserError(f"cannot read {adapter_dir / EMBED_FILE}: {e} (file missing, truncated or corrupted?)") from None
         with torch.no_grad():
             for name, w in embedding_weights(core).items():
                 if name not in tensors or tensors[name].shape != w.shape:
@@ -152,8 +157,53 @@ def load_adapted(adapter_dir: str | Path, base_source: str | None = None) -> Cau
                                     "the adapter was trained on another base")
                 w.copy_(tensors[name])
     lm = base.lm
-    lm.net = peft.PeftModel.from_pretrained(lm.net, str(adapter_dir))
+    lm.net = load_peft(lm.net, adapter_dir)
     lm.eval()
     for p in lm.parameters():
         p.requires_grad_(False)
     return lm
+
+
+def read_adapter_meta(path: Path, need_base: bool = True) -> dict:
+    """minimodel_adapter.json, its fields checked (they pick the base and how to resize it)."""
+    meta = read_json_object(path, "copy the adapter directory again")
+    checks = {"vocab_size": lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+              "embeddings": lambda v: isinstance(v, bool)}
+    if need_base:
+        checks["base"] = lambda v: isinstance(v, str) and bool(v)
+    for key, ok in checks.items():
+        if not ok(meta.get(key)):
+            raise UserError(f"{path}: {key} is {meta.get(key)!r}; the file is damaged (or pass the base explicitly)")
+    if not isinstance(meta.get("trust_remote_code", False), bool):
+        raise UserError(f"{path}: trust_remote_code is {meta['trust_remote_code']!r}, expected true or false")
+    return meta
+
+
+def load_peft(net: nn.Module, adapter_dir: Path) -> nn.Module:
+    """peft.PeftModel.from_pretrained with a damaged adapter_config.json or adapter weights reported as a
+    UserError naming the directory (peft raises TypeError, ValueError, KeyError or a safetensors error)."""
+    import peft
+    from safetensors import SafetensorError
+
+    cfg_path = Path(adapter_dir) / "adapter_config.json"
+    read_json_object(cfg_path, "copy the adapter directory again")  # peft fails obscurely on a bad one
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = peft.PeftModel.from_pretrained(net, str(adapter_dir))
+    except torch.OutOfMemoryError:
+        raise
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError, RuntimeError, ImportError,
+            SafetensorError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"cannot load the adapter in {adapter_dir}: {type(e).__name__}: {first}; "
+                        "its adapter_config.json or adapter weights are damaged or from another base") from None
+    # peft only warns when the weights file lacks some of the configured adapter's tensors (they stay at
+    # their initial values): that is another adapter's file, not this one
+    missing = [str(w.message) for w in caught if "missing adapter keys" in str(w.message)]
+    if missing:
+        raise UserError(f"{adapter_dir}: the adapter weights do not match adapter_config.json "
+                        f"({missing[0][:160]}); copy the adapter directory again")
+    for w in caught:  # the rest of what peft had to say, as it would have said it
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return model

@@ -12,10 +12,11 @@ import torch
 from minimodel.errors import UserError
 
 # Keys that may change between a run and its resumption without changing the result's meaning.
-RESUMABLE_CHANGES = {("train", k) for k in ("steps", "stop_at_step", "log_every", "eval_every",
-                                             "ckpt_every", "keep_last", "progress", "compile",
-                                             "attn_logit_every", "device")} | {("tracking", "wandb"),
-                                                                                ("tracking", "run_name")}
+# The fault-handling keys are here so a run stopped on a NaN can resume with on_nonfinite=skip.
+RESUMABLE_CHANGES = {("train", k) for k in (
+    "steps", "stop_at_step", "log_every", "eval_every", "ckpt_every", "keep_last", "progress", "compile",
+    "attn_logit_every", "device", "on_nonfinite", "max_consecutive_skips", "spike_sigma",
+)} | {("tracking", "wandb"), ("tracking", "run_name")}
 
 
 def git_commit() -> str:

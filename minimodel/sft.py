@@ -12,7 +12,6 @@ logged beside it (how much each language keeps while the model learns to answer)
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -35,25 +34,14 @@ class SFTExamples:
     The interface of TokenShards (n_windows, batch, window), so TrainStream and evaluate take it."""
 
     def __init__(self, set_dir: str | Path, split: str, seq_len: int):
+        from data_prep.sft import load_sft_split
+
         self.data_dir = Path(set_dir)
-        path = self.data_dir / "manifest.json"
-        if not path.is_file():
-            raise UserError(f"{self.data_dir} has no manifest.json: prepare SFT data with python -m data_prep.sft")
-        self.manifest = json.loads(path.read_text(encoding="utf-8"))
-        if self.manifest.get("format") != SFT_FORMAT:
-            raise UserError(f"{path} has format {self.manifest.get('format')!r}, expected {SFT_FORMAT!r}: "
-                            "data.path of an SFT run is a set from python -m data_prep.sft")
+        # the manifest's structure, the split's files and their agreement are checked in data_prep
+        self.manifest, self.ids, self.mask, self.index = load_sft_split(self.data_dir, split)
         check_tokenizer(self.data_dir, self.manifest)
-        if split not in self.manifest["splits"]:
-            raise UserError(f"{self.data_dir} has no split {split!r}; it has {sorted(self.manifest['splits'])}")
         self.info = self.manifest["splits"][split]
         self.seq_len, self.pad_id = seq_len, self.manifest["tokenizer"].get("pad_id", 0)
-        dtype = np.dtype(self.manifest["dtype"]).newbyteorder("<")
-        self.ids = np.fromfile(self.data_dir / self.info["tokens_file"], dtype=dtype)
-        self.mask = np.fromfile(self.data_dir / self.info["mask_file"], dtype=np.uint8)
-        self.index = np.fromfile(self.data_dir / self.info["index_file"], dtype="<u8").astype(np.int64)
-        if len(self.ids) != len(self.mask) or (len(self.index) and self.index[-1] != len(self.ids)):
-            raise UserError(f"{self.data_dir}/{split}: tokens, mask and index disagree: truncated set, prepare it again")
         self.n_windows = len(self.index) - 1
         if self.n_windows <= 0:
             raise UserError(f"split {split!r} of {self.data_dir} holds no examples")

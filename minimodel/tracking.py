@@ -41,6 +41,25 @@ class Tracker:
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
 
+    def rewind(self, step: int) -> None:
+        """Forget the rows logged after `step` (a resumed run redoes those steps) and a line torn by
+        a kill mid-write, so metrics.jsonl holds each step once, in order."""
+        if not self.enabled:
+            return
+        from data_prep.atomic import write_text
+
+        self.file.close()
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+                kept.append(line)
+        write_text(self.path, "".join(line + "\n" for line in kept))
+        self.file = open(self.path, "a", encoding="utf-8")
+
     def progress(self, step: int, **shown) -> None:
         if self.bar is not None:
             self.bar.n = step
@@ -70,4 +89,12 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1 and line.strip():  # only the last line may be mid-write
+                raise
+    return rows

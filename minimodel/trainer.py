@@ -19,6 +19,7 @@ from minimodel.data import TokenShards, TrainStream, val_window_ids
 from minimodel.distributed import DistInfo, all_reduce_sum, barrier
 from minimodel.errors import UserError
 from minimodel.flops import device_peak_flops, flops_per_token
+from minimodel.numerics import NumericalFault, SpikeDetector, diagnose
 from minimodel.optim import lr_multiplier, set_lr
 from minimodel.tracking import Tracker
 
@@ -94,6 +95,7 @@ class TrainState:
     position: int = 0          # training windows consumed (all ranks)
     tokens: int = 0
     skipped_steps: int = 0
+    loss_spikes: int = 0
     elapsed_s: float = 0.0
     extra: dict = field(default_factory=dict)
 
@@ -110,13 +112,18 @@ def train(model: nn.Module, optimizers: list, cfg: RunConfig, dist: DistInfo, ru
     ckpt_model = model if ckpt_model is None else ckpt_model
     ckpt_root = run_dir / "checkpoints"
     state = TrainState()
+    spikes = SpikeDetector(tc.spike_sigma)
     found = latest_checkpoint(ckpt_root)
     if found is not None:
         path, meta = found
         load_checkpoint(path, ckpt_model, optimizers)
         state = TrainState(step=meta["step"], position=meta["position"], tokens=meta["tokens"],
-                           skipped_steps=meta.get("skipped_steps", 0), elapsed_s=meta.get("elapsed_s", 0.0))
+                           skipped_steps=meta.get("skipped_steps", 0), loss_spikes=meta.get("loss_spikes", 0),
+                           elapsed_s=meta.get("elapsed_s", 0.0))
+        if "spike_detector" in meta:
+            spikes.load_state_dict(meta["spike_detector"])
         tracker.write(f"resumed from {path} (step {state.step})")
+    tracker.rewind(state.step if found is not None else -1)  # rows of steps about to be redone go
     if make_stream is None:
         stream = TrainStream(train_data, cfg.train.seed, dist.rank, dist.world_size, state.position)
     else:
@@ -133,13 +140,20 @@ def train(model: nn.Module, optimizers: list, cfg: RunConfig, dist: DistInfo, ru
     fpt = flops_per_token(mcfg, model.num_params(), cfg.data.seq_len)
     peak = device_peak_flops(dist.device) * dist.world_size
 
-    def checkpoint():
+    def checkpoint(position: int | None = None):
         if dist.is_main:
             save_checkpoint(ckpt_root, state.step, ckpt_model, optimizers,
-                            {"position": stream.position, "tokens": state.tokens,
-                             "skipped_steps": state.skipped_steps, "elapsed_s": state.elapsed_s,
-                             "world_size": dist.world_size}, tc.keep_last)
+                            {"position": stream.position if position is None else position,
+                             "tokens": state.tokens, "skipped_steps": state.skipped_steps,
+                             "loss_spikes": state.loss_spikes, "spike_detector": spikes.state_dict(),
+                             "elapsed_s": state.elapsed_s, "world_size": dist.world_size}, tc.keep_last)
         barrier(dist)
+
+    def forward_again(x, y):
+        def run():
+            with autocast_ctx(dist.device, tc.dtype):
+                return model(x.to(dist.device), y.to(dist.device))
+        return run
 
     def evaluate_all() -> dict:
         metrics = evaluate(model, val_data, cfg, dist, token_bytes)
@@ -156,6 +170,8 @@ def train(model: nn.Module, optimizers: list, cfg: RunConfig, dist: DistInfo, ru
     model.train()
     t_last, tokens_last = time.perf_counter(), state.tokens
     last_ckpt_step = state.step
+    saved_any = found is not None
+    consecutive_skips = 0
     while state.step < tc.steps:
         if tc.stop_at_step and state.step >= tc.stop_at_step:
             break
@@ -163,8 +179,10 @@ def train(model: nn.Module, optimizers: list, cfg: RunConfig, dist: DistInfo, ru
         mult = lr_multiplier(state.step, tc.steps, cfg.optim)
         set_lr(optimizers, mult)
         loss_sum = torch.zeros((), device=dist.device)
+        position_before, batches = stream.position, []
         for micro in range(tc.grad_accum):
             x, y = stream.next_batch(tc.micro_batch)
+            batches.append((x, y))  # token ids only: kept so a fault can be diagnosed
             x, y = x.to(dist.device, non_blocking=True), y.to(dist.device, non_blocking=True)
             sync = contextlib.nullcontext()
             if dist.enabled and micro < tc.grad_accum - 1:
@@ -176,12 +194,34 @@ def train(model: nn.Module, optimizers: list, cfg: RunConfig, dist: DistInfo, ru
             loss_sum += loss.detach()
         # grad_clip=0 still measures the norm (max_norm=inf), which the finite check needs
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or float("inf"))
-        if torch.isfinite(loss_sum) and torch.isfinite(grad_norm):
+        # every rank takes the same branch: one rank's non-finite loss poisons all gradients anyway
+        fault = (~(torch.isfinite(loss_sum) & torch.isfinite(grad_norm))).float()
+        if all_reduce_sum(fault, dist).item() == 0:
             for opt in optimizers:
                 opt.step()
+            consecutive_skips = 0
+            spike = spikes.update(loss_sum.item() / tc.grad_accum)
+            if spike is not None:
+                state.loss_spikes += 1
+                tracker.write(f"step {state.step + 1}: loss spike {loss_sum.item() / tc.grad_accum:.4f} "
+                              f"(running mean {spike[0]:.4f}, std {spike[1]:.4f})")
+                tracker.log(state.step + 1, loss_spike=loss_sum.item() / tc.grad_accum)
         else:
+            why = diagnose(model, [forward_again(x, y) for x, y in batches])
+            message = f"step {state.step + 1}: non-finite loss or gradient: {why}"
+            consecutive_skips += 1
+            if tc.on_nonfinite == "stop" or consecutive_skips > tc.max_consecutive_skips:
+                for opt in optimizers:
+                    opt.zero_grad(set_to_none=True)
+                if state.step != last_ckpt_step or not saved_any:  # the weights before this step are good
+                    checkpoint(position=position_before)
+                cause = ("train.on_nonfinite=stop" if tc.on_nonfinite == "stop"
+                         else f"{consecutive_skips} steps in a row, over train.max_consecutive_skips")
+                raise NumericalFault(f"{message}; run stopped ({cause}), progress kept in "
+                                     f"{ckpt_root / f'step_{state.step}'}: lower optim.lr, or rerun with "
+                                     "train.on_nonfinite=skip to resume skipping such steps")
             state.skipped_steps += 1
-            tracker.write(f"step {state.step}: non-finite loss or gradient, step skipped")
+            tracker.write(f"{message}; step skipped ({state.skipped_steps} so far)")
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         state.step += 1
@@ -195,7 +235,10 @@ def train(model: nn.Module, optimizers: list, cfg: RunConfig, dist: DistInfo, ru
             t_last, tokens_last = now, state.tokens
             metrics = {"loss": loss_avg, "lr_mult": mult, "grad_norm": grad_norm.item(),
                        "tokens": state.tokens, "tok_per_s": tok_s, "mfu": fpt * tok_s / peak,
-                       "epoch": stream.epoch(), "skipped_steps": state.skipped_steps}
+                       "epoch": stream.epoch(), "skipped_steps": state.skipped_steps,
+                       "loss_spikes": state.loss_spikes}
+            if dist.device.type == "cuda":  # what the planner's memory model is calibrated against
+                metrics["peak_mem_gib"] = torch.cuda.max_memory_allocated(dist.device) / 2**30
             tracker.log(state.step, **metrics)
             tracker.progress(state.step, loss=loss_avg, tok_s=int(tok_s))
         if tc.attn_logit_every and (state.step % tc.attn_logit_every == 0 or state.step == tc.steps):
@@ -211,7 +254,7 @@ def train(model: nn.Module, optimizers: list, cfg: RunConfig, dist: DistInfo, ru
             tracker.write(f"step {state.step}: val_loss {metrics['val_loss']:.4f}  val_bpb {metrics['val_bpb']:.4f}{others}")
         if state.step % tc.ckpt_every == 0 or state.step == tc.steps:
             checkpoint()
-            last_ckpt_step = state.step
+            last_ckpt_step, saved_any = state.step, True
     if state.step != last_ckpt_step:  # stopped early (stop_at_step): keep the progress
         checkpoint()
     return state

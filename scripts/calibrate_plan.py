@@ -1,0 +1,143 @@
+"""Hold the planner (scripts/plan.py) against runs that happened: for each run directory, the
+compute time and memory the planner gives for what the run did, beside what it measured.
+
+    python -m scripts.calibrate_plan RUN_DIR [RUN_DIR ...] [--json]
+    python -m scripts.calibrate_plan runs/ablation_cpu/runs/*/* runs/quickstart/*
+
+Measured, from the run directory: training seconds and tokens from its last checkpoint
+(`elapsed_s` counts training steps only, not evaluation or checkpoint writes), the device
+and world size from config.toml, peak GPU memory (`peak_mem_gib` in metrics.jsonl, CUDA runs).
+Planned: the same steps' FLOPs (the planner's count, Muon's Newton-Schulz included) divided
+by peak x MFU. On a GPU the planner knows, MFU is its assumption (scripts/gpus.py), so the
+error is the planner's. On a device it has no profile for (a CPU), the MFU is the median
+measured on the *other* runs of that device given here (leave one out): the error then says
+how well "time = FLOPs / a steady throughput" carries from one config to another. The memory
+compared is the planner's live bytes (its total without allocator slack and CUDA context)
+against torch.cuda.max_memory_allocated.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tomllib
+from pathlib import Path
+
+from minimodel.checkpoint import latest_checkpoint
+from minimodel.config import CptConfig, RunConfig, build_config
+from minimodel.errors import UserError, cli_entry
+from minimodel.flops import CPU_PEAK_FLOPS
+from minimodel.tracking import read_metrics
+from scripts.gpus import GPUS
+from scripts.plan import estimate
+
+# Device-name fragments (as torch.cuda.get_device_name reports them) -> the planner's GPU.
+GPU_NAMES = [("H200", "h200"), ("H100", "h100"), ("A100-SXM4-80GB", "a100-80gb"), ("A100 80GB", "a100-80gb"),
+             ("A100", "a100-40gb"), ("4090", "4090"), ("3090", "3090")]
+
+
+def planner_gpu(device: str) -> str | None:
+    if not device.startswith("cuda"):
+        return None
+    return next((gpu for fragment, gpu in GPU_NAMES if fragment in device), None)
+
+
+def read_run(run_dir: Path) -> dict:
+    """What one finished or stopped run measured, and its config as the planner reads it."""
+    cfg_path = run_dir / "config.toml"
+    if not cfg_path.is_file():
+        raise UserError(f"{run_dir} is not a run directory (no config.toml): pass the directories that "
+                        "minimodel.pretrain / cpt / sft wrote")
+    raw = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
+    run = raw.pop("run", {})
+    cfg = build_config(raw, cls=CptConfig if "base" in raw else RunConfig)
+    found = latest_checkpoint(run_dir / "checkpoints")
+    if found is None or not found[1].get("elapsed_s"):
+        raise UserError(f"{run_dir} has no checkpoint with timing (checkpoints/step_N/checkpoint.json "
+                        "elapsed_s): it stopped before its first checkpoint")
+    meta = found[1]
+    peaks = [m["peak_mem_gib"] for m in read_metrics(run_dir) if m.get("peak_mem_gib") is not None]
+    return {"run": str(run_dir), "cfg": cfg, "device": run.get("device", "unknown"),
+            "world_size": int(run.get("world_size", meta.get("world_size", 1))), "steps": meta["step"],
+            "tokens": meta["tokens"], "seconds": meta["elapsed_s"],
+            "peak_mem_gib": max(peaks) if peaks else None}
+
+
+def planned_flops_per_rank(r: dict) -> tuple[float, dict]:
+    """FLOPs each rank spent on the steps the run did (training + optimizer, no evaluation)."""
+    cfg, n = r["cfg"], r["world_size"]
+    plan = estimate(cfg, "4090", n_gpus=n)  # the GPU only matters for time, which is computed here
+    done = r["steps"] / cfg.train.steps
+    return (plan["train_flops"] / n + plan["optimizer_flops_per_gpu"]) * done, plan
+
+
+def calibrate(run_dirs: list[Path]) -> dict:
+    runs = [read_run(Path(d)) for d in run_dirs]
+    for r in runs:
+        r["flops"], plan = planned_flops_per_rank(r)
+        gpu = planner_gpu(r["device"])
+        r["planner_gpu"] = gpu
+        r["peak_flops"] = GPUS[gpu].peak_bf16_flops if gpu else CPU_PEAK_FLOPS
+        r["measured_mfu"] = r["flops"] / (r["seconds"] * r["peak_flops"])
+        mem = plan["memory_per_gpu_gib"]
+        r["planned_live_gib"] = mem["total"] - mem["fragmentation"] - mem["cuda_context"]
+    rows = []
+    for r in runs:
+        if r["planner_gpu"]:
+            mfu, source = GPUS[r["planner_gpu"]].mfu, f"assumed for {r['planner_gpu']} (scripts/gpus.py)"
+        else:
+            others = [o["measured_mfu"] for o in runs if o is not r and o["device"] == r["device"]]
+            mfu, source = (statistics.median(others), f"median of {len(others)} other runs on this device") \
+                if others else (None, "no profile and no other run on this device")
+        planned = r["flops"] / (r["peak_flops"] * mfu) if mfu else None
+        rows.append({
+            "run": r["run"], "device": r["device"], "world_size": r["world_size"], "steps": r["steps"],
+            "tokens": r["tokens"], "measured_s": r["seconds"], "tok_per_s": r["tokens"] / r["seconds"],
+            "measured_mfu": r["measured_mfu"], "planned_mfu": mfu, "mfu_source": source, "planned_s": planned,
+            "time_error": planned / r["seconds"] - 1 if planned else None,
+            "measured_peak_mem_gib": r["peak_mem_gib"], "planned_live_mem_gib": r["planned_live_gib"],
+            "memory_error": (r["planned_live_gib"] / r["peak_mem_gib"] - 1) if r["peak_mem_gib"] else None,
+        })
+    errors = [abs(x["time_error"]) for x in rows if x["time_error"] is not None]
+    mem_errors = [abs(x["memory_error"]) for x in rows if x["memory_error"] is not None]
+    return {"runs": rows, "time_abs_error_median": statistics.median(errors) if errors else None,
+            "time_abs_error_max": max(errors) if errors else None,
+            "memory_abs_error_median": statistics.median(mem_errors) if mem_errors else None}
+
+
+def render(result: dict) -> str:
+    def pct(x):
+        return "-" if x is None else f"{x:+.0%}"
+
+    lines = [f"{'run':<44} {'device':<22} {'tokens':>9} {'measured':>9} {'planned':>9} {'error':>6} "
+             f"{'MFU meas':>8} {'MFU plan':>8} {'mem err':>7}"]
+    for r in result["runs"]:
+        planned = "-" if r["planned_s"] is None else f"{r['planned_s']:.1f}s"
+        lines.append(f"{r['run'][-44:]:<44} {r['device'][:22]:<22} {r['tokens']:>9,} {r['measured_s']:>8.1f}s "
+                     f"{planned:>9} {pct(r['time_error']):>6} {r['measured_mfu']:>8.3f} "
+                     f"{'-' if r['planned_mfu'] is None else format(r['planned_mfu'], '.3f'):>8} "
+                     f"{pct(r['memory_error']):>7}")
+    if result["time_abs_error_median"] is not None:
+        lines.append(f"time: median |error| {result['time_abs_error_median']:.0%}, "
+                     f"max {result['time_abs_error_max']:.0%} over {len(result['runs'])} runs")
+    if result["memory_abs_error_median"] is not None:
+        lines.append(f"memory (live bytes vs max_memory_allocated): median |error| "
+                     f"{result['memory_abs_error_median']:.0%}")
+    return "\n".join(lines)
+
+
+@cli_entry
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(prog="python -m scripts.calibrate_plan", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dirs", nargs="+", help="run directories written by the training stages")
+    ap.add_argument("--json", action="store_true", help="one JSON object instead of the table")
+    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    result = calibrate([Path(d) for d in args.run_dirs])
+    print(json.dumps(result) if args.json else render(result), flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()
