@@ -31,7 +31,9 @@ def autocast_ctx(device: torch.device, dtype: str):
 
 
 def preflight(out_dir: Path, model: nn.Module, n_optim_states: int) -> None:
-    """The run directory is writable and holds two checkpoints, before any compute is spent."""
+    """The run directory is writable and holds two checkpoints, before any compute is spent.
+    A directory made here and found unusable is removed again: a failed start leaves nothing."""
+    created = not out_dir.exists()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         probe = out_dir / ".write_probe"
@@ -43,6 +45,8 @@ def preflight(out_dir: Path, model: nn.Module, n_optim_states: int) -> None:
     need = 2 * weight_bytes * (1 + n_optim_states) + (64 << 20)
     free = shutil.disk_usage(out_dir).free
     if free < need:
+        if created:
+            out_dir.rmdir()
         raise UserError(f"{out_dir} has {free / 2**30:.2f} GiB free; two checkpoints need about "
                         f"{need / 2**30:.2f} GiB: free space or choose another train.out_dir")
 

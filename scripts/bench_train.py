@@ -50,6 +50,40 @@ def make_step(model, loss_fn, optimizers, device, dtype):
     return step
 
 
+def saved_for_backward_bytes(model, loss_fn, x, y, device, dtype) -> int:
+    """Bytes autograd keeps for backward over one micro-batch (the activation memory that grows
+    with the batch), weights excluded; each storage counted once. Measured the same way on any
+    device, so the CPU box still compares the two implementations' memory."""
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        if st.data_ptr() not in weights and st.device.type != "meta":
+            storages[st.data_ptr()] = st.nbytes()
+        return t
+
+    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16" else contextlib.nullcontext()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), ctx:
+        loss = loss_fn(model, x, y)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    # autocast's bf16 copies of the weights are saved too; they do not grow with the batch
+    return sum(storages.values())
+
+
+def step_peak_bytes(step, x, y, device) -> int | None:
+    """CUDA: the most memory one step allocates above what was already held (activations,
+    gradients, optimizer temporaries)."""
+    if device.type != "cuda":
+        return None
+    sync(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step(x, y)
+    return torch.cuda.max_memory_allocated(device) - before
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -102,6 +136,15 @@ def bench_preset(preset: str, seq: int, batch: int, rounds: int, warmup: int, op
     }
     if device.type == "cuda":
         result["peak_mem_gib_both_models"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    # memory per micro-batch, each model on its own (eager: compile changes what is saved)
+    for n, r in runs.items():
+        saved = saved_for_backward_bytes(r["model"], r["fn"], x, y, device, dtype)
+        result[f"{n}_saved_for_backward_mib"] = round(saved / 2**20, 1)
+        peak = step_peak_bytes(steps[n], x, y, device)
+        if peak is not None:
+            result[f"{n}_step_peak_gib"] = round(peak / 2**30, 2)
+    result["saved_ratio_native_vs_hf"] = round(result["native_saved_for_backward_mib"]
+                                               / result["hf_saved_for_backward_mib"], 3)
     return result
 
 
