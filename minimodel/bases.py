@@ -11,6 +11,7 @@ Either way the stage gets a `CausalLM`: one calling convention for the trainer
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,11 +180,17 @@ def load_hf_causal_lm(source: str | Path, what: str = "model", **kw):
         raise
     except (*HF_LOAD_ERRORS, SafetensorError) as e:
         raise UserError(f"cannot load {what} {str(source)!r} with transformers: {_first_line(e)}") from None
-    bad = {k: list(info.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    # Missing or misshapen weights would be random ones: refuse. Unexpected keys are often
+    # harmless leftovers (old buffers such as attn.masked_bias): say so and go on.
+    bad = {k: list(info.get(k) or []) for k in ("missing_keys", "mismatched_keys")}
     if any(bad.values()):
         detail = "; ".join(f"{k.split('_')[0]} {v[:3]}{'...' if len(v) > 3 else ''}" for k, v in bad.items() if v)
         raise UserError(f"{what} {str(source)!r}: its weights do not match its config.json ({detail}); "
                         "the directory mixes files of different models")
+    extra = list(info.get("unexpected_keys") or [])
+    if extra:
+        print(f"warning: {what} {str(source)!r} has {len(extra)} weights its model does not use "
+              f"({extra[:3]}{'...' if len(extra) > 3 else ''}); ignored", file=sys.stderr)
     return model
 
 

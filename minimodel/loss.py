@@ -46,13 +46,16 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int
                   reduction: str = "mean") -> torch.Tensor:
     """Same values as F.cross_entropy(logits.float(), targets) for (N, V) logits and (N,) targets."""
     if logits.device.type != "cpu" or torch.compiler.is_compiling():  # GPU kernels and Inductor fuse it well
-        return torch.nn.functional.cross_entropy(logits.float(), targets, ignore_index=ignore_index,
-                                                 reduction=reduction)
-    nll = _ChunkedCrossEntropy.apply(logits, targets, ignore_index)
+        nll = torch.nn.functional.cross_entropy(logits.float(), targets, ignore_index=ignore_index,
+                                                reduction="none" if reduction == "mean" else reduction)
+        if reduction != "mean":
+            return nll
+    else:
+        nll = _ChunkedCrossEntropy.apply(logits, targets, ignore_index)
     if reduction == "none":
         return nll
     if reduction == "sum":
         return nll.sum()
-    if reduction == "mean":
+    if reduction == "mean":  # an all-masked batch (an SFT prompt longer than seq_len) is 0, not NaN
         return nll.sum() / (targets != ignore_index).sum().clamp(min=1)
     raise ValueError(f"unknown reduction {reduction!r}")

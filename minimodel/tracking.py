@@ -96,5 +96,8 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
             if i < len(lines) - 1 and line.strip():  # only the last line may be mid-write
-                raise
+                from minimodel.errors import UserError
+
+                raise UserError(f"{path} line {i + 1} is damaged (not JSON); delete that line or the run's "
+                                "metrics.jsonl to read the rest") from None
     return rows

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from minimodel.data import TokenShards, TrainStream, val_window_ids
 from minimodel.distributed import DistInfo, all_reduce_sum, barrier
 from minimodel.errors import UserError
 from minimodel.flops import device_peak_flops, flops_per_token
-from minimodel.numerics import NumericalFault, SpikeDetector, diagnose
+from minimodel.numerics import NumericalFault, SpikeDetector, diagnose, nonfinite_tensors
 from minimodel.optim import lr_multiplier, set_lr
 from minimodel.tracking import Tracker
 
@@ -145,6 +146,11 @@ def train(model: nn.Module, optimizers: list, cfg: RunConfig, dist: DistInfo, ru
     peak = device_peak_flops(dist.device) * dist.world_size
 
     def checkpoint(position: int | None = None):
+        broken = nonfinite_tensors(ckpt_model, grads=False)  # never let broken weights replace good ones
+        if broken:
+            raise NumericalFault(f"step {state.step}: weights became non-finite ({', '.join(broken[:3])}); not "
+                                 f"saved: the last good checkpoint is kept in {ckpt_root}; lower optim.lr in a "
+                                 "new run (another train.out_dir), or resume there with train.on_nonfinite=skip")
         if dist.is_main:
             save_checkpoint(ckpt_root, state.step, ckpt_model, optimizers,
                             {"position": stream.position if position is None else position,
@@ -168,7 +174,7 @@ def train(model: nn.Module, optimizers: list, cfg: RunConfig, dist: DistInfo, ru
             metrics.update({f"val_loss_{name}": m["val_loss"], f"val_bpb_{name}": m["val_bpb"]})
         return metrics
 
-    if state.step == 0:
+    if found is None:
         metrics = evaluate_all()  # the starting point of the curve
         tracker.log(0, tokens=0, **metrics)
     model.train()
@@ -196,34 +202,45 @@ def train(model: nn.Module, optimizers: list, cfg: RunConfig, dist: DistInfo, ru
                     loss = net(x, y)
                 (loss / tc.grad_accum).backward()
             loss_sum += loss.detach()
-        # grad_clip=0 still measures the norm (max_norm=inf), which the finite check needs
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or float("inf"))
-        # every rank takes the same branch: one rank's non-finite loss poisons all gradients anyway
-        fault = (~(torch.isfinite(loss_sum) & torch.isfinite(grad_norm))).float()
-        if all_reduce_sum(fault, dist).item() == 0:
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm(grads)
+        # one collective: any rank's fault, and the loss summed over ranks (for the spike detector)
+        stats = torch.stack([(~(torch.isfinite(loss_sum) & torch.isfinite(grad_norm))).float(), loss_sum.float()])
+        faulty_ranks, global_loss = all_reduce_sum(stats, dist).tolist()
+        if faulty_ranks == 0:
+            if cfg.optim.grad_clip:  # clipped only when finite: a NaN norm would wipe every gradient
+                torch.nn.utils.clip_grads_with_norm_(model.parameters(), cfg.optim.grad_clip, grad_norm)
             for opt in optimizers:
                 opt.step()
             consecutive_skips = 0
-            spike = spikes.update(loss_sum.item() / tc.grad_accum)
+            step_loss = global_loss / tc.grad_accum / dist.world_size
+            spike = spikes.update(step_loss)
             if spike is not None:
                 state.loss_spikes += 1
-                tracker.write(f"step {state.step + 1}: loss spike {loss_sum.item() / tc.grad_accum:.4f} "
+                tracker.write(f"step {state.step + 1}: loss spike {step_loss:.4f} "
                               f"(running mean {spike[0]:.4f}, std {spike[1]:.4f})")
-                tracker.log(state.step + 1, loss_spike=loss_sum.item() / tc.grad_accum)
+                tracker.log(state.step + 1, loss_spike=step_loss)
         else:
             why = diagnose(model, [forward_again(x, y) for x, y in batches])
-            message = f"step {state.step + 1}: non-finite loss or gradient: {why}"
+            where = f" (rank {dist.rank}'s micro-batches)" if dist.enabled else ""
+            message = f"step {state.step + 1}: non-finite loss or gradient: {why}{where}"
+            if dist.enabled and not dist.is_main and not bool(torch.isfinite(loss_sum)):
+                print(message, file=sys.stderr, flush=True)  # rank 0 logs; this rank saw the fault itself
             consecutive_skips += 1
             if tc.on_nonfinite == "stop" or consecutive_skips > tc.max_consecutive_skips:
                 for opt in optimizers:
                     opt.zero_grad(set_to_none=True)
-                if state.step != last_ckpt_step or not saved_any:  # the weights before this step are good
+                weights_ok = not nonfinite_tensors(ckpt_model, grads=False)
+                if weights_ok and (state.step != last_ckpt_step or not saved_any):  # keep the steps since
                     checkpoint(position=position_before)
+                    last_ckpt_step, saved_any = state.step, True
                 cause = ("train.on_nonfinite=stop" if tc.on_nonfinite == "stop"
                          else f"{consecutive_skips} steps in a row, over train.max_consecutive_skips")
-                raise NumericalFault(f"{message}; run stopped ({cause}), progress kept in "
-                                     f"{ckpt_root / f'step_{state.step}'}: lower optim.lr, or rerun with "
-                                     "train.on_nonfinite=skip to resume skipping such steps")
+                kept = (f"progress kept in {ckpt_root / f'step_{last_ckpt_step}'}" if saved_any
+                        else "no checkpoint was written yet")
+                raise NumericalFault(f"{message}; run stopped ({cause}), {kept}: rerun with "
+                                     "train.on_nonfinite=skip to resume past such steps, or start a new run "
+                                     "(another train.out_dir) with a lower optim.lr")
             state.skipped_steps += 1
             tracker.write(f"{message}; step skipped ({state.skipped_steps} so far)")
         for opt in optimizers:

@@ -51,9 +51,10 @@ def make_step(model, loss_fn, optimizers, device, dtype):
 
 
 def saved_for_backward_bytes(model, loss_fn, x, y, device, dtype) -> int:
-    """Bytes autograd keeps for backward over one micro-batch (the activation memory that grows
-    with the batch), weights excluded; each storage counted once. Measured the same way on any
-    device, so the CPU box still compares the two implementations' memory."""
+    """Bytes autograd keeps for backward over one micro-batch: activations, plus autocast's bf16
+    copies of the weights (a constant, about 2 bytes per parameter); the fp32 weights themselves
+    are excluded and each storage is counted once. Measured the same way on any device, so the
+    CPU box still compares the two implementations' memory."""
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
     storages: dict[int, int] = {}
 
@@ -68,7 +69,6 @@ def saved_for_backward_bytes(model, loss_fn, x, y, device, dtype) -> int:
         loss = loss_fn(model, x, y)
     loss.backward()
     model.zero_grad(set_to_none=True)
-    # autocast's bf16 copies of the weights are saved too; they do not grow with the batch
     return sum(storages.values())
 
 

@@ -17,6 +17,7 @@ import copy
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections import Counter
@@ -381,6 +382,7 @@ def test_fuzzed_weights_file(world, data):
     with tempfile.TemporaryDirectory() as tmp:
         f = Path(tmp) / "model.safetensors"
         kind = data.draw(st.sampled_from(["damaged", "pickle", "other-shape", "dir"]))
+        change = None
         if kind == "damaged":
             f.write_bytes(data.draw(file_bytes(good)))
         elif kind == "pickle":
@@ -401,6 +403,10 @@ def test_fuzzed_weights_file(world, data):
             save_file(sd, str(f))
         else:
             f.mkdir()
+        if kind in ("pickle", "dir") or change in ("drop", "reshape", "extra"):
+            # never a silent load: a missing, misshapen or foreign tensor is refused, naming the file
+            with pytest.raises(UserError, match=re.escape(str(f))):
+                load_model_weights(_fresh_model(world), f)
         expect_clean("checkpoint: load_model_weights", load_model_weights, _fresh_model(world), f)
 
 

@@ -151,3 +151,63 @@ def test_same_seed_same_loss_curve_other_seed_another(english_set, tmp_path):
     assert len(a[0]) == 20 and a == b  # every train and validation loss, exactly
     assert a[0] != c[0]
     assert a[2] == 0  # a healthy run logs no spikes
+
+
+def test_a_gradient_only_fault_is_named_after_clipping_would_have_hidden_it(english_set, tmp_path, monkeypatch, capsys):
+    """Clipping a NaN norm multiplies every gradient by NaN; the diagnosis must still name the one
+    parameter whose gradient went bad (grad_clip is on, at its default)."""
+    original = MiniModel.__init__
+    calls = {"n": 0}
+
+    def poison(grad):
+        calls["n"] += 1
+        return grad * math.nan if calls["n"] == 4 else grad
+
+    def init(model, *args, **kwargs):
+        original(model, *args, **kwargs)
+        model.model.layers[1].self_attn.o_proj.weight.register_hook(poison)
+
+    monkeypatch.setattr(MiniModel, "__init__", init)
+    out = tmp_path / "run"
+    run(load_config(None, overrides(english_set, out, **{"train.steps": 6})))
+    err = capsys.readouterr().err
+    assert ("step 4: non-finite loss or gradient: forward outputs finite, gradients non-finite in "
+            "model.layers.1.self_attn.o_proj.weight; step skipped") in err
+
+
+def test_weights_gone_non_finite_are_never_saved_over_good_ones(english_set, tmp_path, monkeypatch):
+    """An optimizer step that breaks the weights (here: injected after step 6) must not replace the
+    good checkpoints: the run stops, and resuming starts from the last good one."""
+    from minimodel import trainer
+
+    real_save = trainer.save_checkpoint
+    out = tmp_path / "run"
+    calls = {"n": 0}
+
+    def break_weights_after(ckpt_root, step, model, *args, **kwargs):
+        path = real_save(ckpt_root, step, model, *args, **kwargs)
+        calls["n"] += 1
+        if step == 5:
+            with torch.no_grad():
+                model.model.layers[0].mlp.up_proj.weight[0, 0] = math.inf
+        return path
+
+    monkeypatch.setattr(trainer, "save_checkpoint", break_weights_after)
+    with pytest.raises(NumericalFault, match=r"model\.layers\.0\.mlp\.up_proj\.weight") as e:
+        run(load_config(None, overrides(english_set, out, **{"train.keep_last": 1})))
+    assert "\n" not in str(e.value)
+    path, meta = latest_checkpoint(out / "checkpoints")
+    assert path.name == "step_5"
+    assert all(bool(torch.isfinite(t).all()) for t in load_file(path / "model.safetensors").values())
+
+
+def test_rewind_drops_redone_rows_and_a_torn_line(tmp_path):
+    from minimodel.tracking import Tracker
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0, "val_loss": 7.0}\n{"step": 5, "loss": 6.0}\n'
+                                            '{"step": 10, "loss": 5.0}\n{"step": 1')
+    t = Tracker(tmp_path, {}, enabled=True, progress=False)
+    t.rewind(5)
+    t.log(6, loss=5.5)
+    t.close()
+    assert [(m["step"], m.get("loss")) for m in read_metrics(tmp_path)] == [(0, None), (5, 6.0), (6, 5.5)]

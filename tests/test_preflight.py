@@ -22,7 +22,7 @@ def test_an_unwritable_run_directory_is_named(english_set, tmp_path):
 
 def test_a_full_disk_stops_before_any_work(english_set, tmp_path, monkeypatch):
     real = shutil.disk_usage
-    monkeypatch.setattr(shutil, "disk_usage", lambda p: Usage(real(p).total, real(p).total - 10 << 20, 10 << 20))
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: Usage(real(p).total, real(p).total - (10 << 20), 10 << 20))
     out = tmp_path / "run"
     with pytest.raises(UserError, match=r"has 0\.01 GiB free; two checkpoints need about 0\.07 GiB"):
         run(load_config(None, tiny_overrides(english_set, out)))
