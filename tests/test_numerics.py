@@ -211,3 +211,29 @@ def test_rewind_drops_redone_rows_and_a_torn_line(tmp_path):
     t.log(6, loss=5.5)
     t.close()
     assert [(m["step"], m.get("loss")) for m in read_metrics(tmp_path)] == [(0, None), (5, 6.0), (6, 5.5)]
+
+
+def test_a_fault_on_one_torchrun_rank_is_skipped_by_both(english_set, tmp_path):
+    """Rank 1's forward goes non-finite at step 5: both ranks skip that step (they take the same
+    branch, or the next all-reduce would hang), rank 1 names the layer, and they end identical."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    out = tmp_path / "run"
+    args = tiny_overrides(english_set, out, **{"train.steps": 10, "train.log_every": 1, "train.ckpt_every": 10})
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "tests/dist_worker.py", str(tmp_path), *args],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+                            "MINIMODEL_TEST_FAULT": "1:5"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert ("step 5: non-finite loss or gradient: first non-finite output in model.layers.1.mlp (MLP) "
+            "on micro-batch 0 (rank 1's micro-batches)") in r.stderr
+    a, b = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(bool(torch.isfinite(t).all()) for t in a.values())
+    logged = {m["step"]: m["skipped_steps"] for m in read_metrics(out) if "skipped_steps" in m}
+    assert logged[4] == 0 and logged[5] == 1 and logged[10] == 1
