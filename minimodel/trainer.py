@@ -156,6 +156,7 @@ def train(model: nn.Module, optimizers: list, cfg: RunConfig, dist: DistInfo, ru
                             {"position": stream.position if position is None else position,
                              "tokens": state.tokens, "skipped_steps": state.skipped_steps,
                              "loss_spikes": state.loss_spikes, "spike_detector": spikes.state_dict(),
+                             "consecutive_skips": consecutive_skips,
                              "elapsed_s": state.elapsed_s, "world_size": dist.world_size}, tc.keep_last)
         barrier(dist)
 
@@ -181,7 +182,7 @@ def train(model: nn.Module, optimizers: list, cfg: RunConfig, dist: DistInfo, ru
     t_last, tokens_last = time.perf_counter(), state.tokens
     last_ckpt_step = state.step
     saved_any = found is not None
-    consecutive_skips = 0
+    consecutive_skips = found[1].get("consecutive_skips", 0) if found is not None else 0
     while state.step < tc.steps:
         if tc.stop_at_step and state.step >= tc.stop_at_step:
             break
@@ -226,8 +227,7 @@ def train(model: nn.Module, optimizers: list, cfg: RunConfig, dist: DistInfo, ru
             message = f"step {state.step + 1}: non-finite loss or gradient: {why}{where}"
             if dist.enabled and not dist.is_main and not bool(torch.isfinite(loss_sum)):
                 print(message, file=sys.stderr, flush=True)  # rank 0 logs; this rank saw the fault itself
-            consecutive_skips += 1
-            if tc.on_nonfinite == "stop" or consecutive_skips > tc.max_consecutive_skips:
+            if tc.on_nonfinite == "stop" or consecutive_skips + 1 > tc.max_consecutive_skips:
                 for opt in optimizers:
                     opt.zero_grad(set_to_none=True)
                 weights_ok = not nonfinite_tensors(ckpt_model, grads=False)
@@ -235,12 +235,13 @@ def train(model: nn.Module, optimizers: list, cfg: RunConfig, dist: DistInfo, ru
                     checkpoint(position=position_before)
                     last_ckpt_step, saved_any = state.step, True
                 cause = ("train.on_nonfinite=stop" if tc.on_nonfinite == "stop"
-                         else f"{consecutive_skips} steps in a row, over train.max_consecutive_skips")
+                         else f"{consecutive_skips + 1} steps in a row, over train.max_consecutive_skips")
                 kept = (f"progress kept in {ckpt_root / f'step_{last_ckpt_step}'}" if saved_any
                         else "no checkpoint was written yet")
                 raise NumericalFault(f"{message}; run stopped ({cause}), {kept}: rerun with "
                                      "train.on_nonfinite=skip to resume past such steps, or start a new run "
                                      "(another train.out_dir) with a lower optim.lr")
+            consecutive_skips += 1
             state.skipped_steps += 1
             tracker.write(f"{message}; step skipped ({state.skipped_steps} so far)")
         for opt in optimizers:

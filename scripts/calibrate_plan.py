@@ -27,7 +27,7 @@ from pathlib import Path
 from minimodel.checkpoint import latest_checkpoint
 from minimodel.config import CptConfig, RunConfig, build_config
 from minimodel.errors import UserError, cli_entry
-from minimodel.flops import CPU_PEAK_FLOPS
+from minimodel.flops import CPU_PEAK_FLOPS, PEAK_BF16_FLOPS
 from minimodel.tracking import read_metrics
 from scripts.gpus import GPUS
 from scripts.plan import estimate
@@ -41,6 +41,16 @@ def planner_gpu(device: str) -> str | None:
     if not device.startswith("cuda"):
         return None
     return next((gpu for fragment, gpu in GPU_NAMES if fragment in device), None)
+
+
+def peak_flops(device: str, gpu: str | None) -> float:
+    """The peak the run's MFU is measured against: the planner's table, else the trainer's
+    (minimodel/flops.py, the figure its logged MFU used)."""
+    if gpu:
+        return GPUS[gpu].peak_bf16_flops
+    if device.startswith("cuda"):
+        return next((peak for name, peak in PEAK_BF16_FLOPS.items() if name in device), 312e12)
+    return CPU_PEAK_FLOPS
 
 
 def read_run(run_dir: Path) -> dict:
@@ -78,7 +88,7 @@ def calibrate(run_dirs: list[Path]) -> dict:
         r["flops"], plan = planned_flops_per_rank(r)
         gpu = planner_gpu(r["device"])
         r["planner_gpu"] = gpu
-        r["peak_flops"] = GPUS[gpu].peak_bf16_flops if gpu else CPU_PEAK_FLOPS
+        r["peak_flops"] = peak_flops(r["device"], gpu)
         r["measured_mfu"] = r["flops"] / (r["seconds"] * r["peak_flops"])
         mem = plan["memory_per_gpu_gib"]
         r["planned_live_gib"] = mem["total"] - mem["fragmentation"] - mem["cuda_context"]

@@ -70,3 +70,11 @@ def test_not_a_run_directory(tmp_path, two_runs):
         calibrate([tmp_path / "missing"])
     alone = calibrate([two_runs[0]])["runs"][0]
     assert alone["planned_s"] is None and "no other run" in alone["mfu_source"]
+
+
+def test_peak_flops_per_device():
+    from scripts.calibrate_plan import peak_flops
+
+    assert peak_flops("cuda: NVIDIA H100 80GB HBM3", "h100") == 989e12
+    assert peak_flops("cuda: NVIDIA L40S", None) == 362e12  # not in the planner: the trainer's table
+    assert peak_flops("cpu: 2 cores, x86_64", None) == CPU_PEAK_FLOPS
