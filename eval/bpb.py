@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from data_prep.atomic import write_json
-from eval.jsonl import jsonl_records, read_utf8
+from eval.jsonl import jsonl_records
+from minimodel.jsonfile import read_utf8
 from minimodel.errors import UserError, cli_entry
 from eval.models import LoadedModel, load_model, small_model_threads
 from eval.scoring import score_docs

@@ -6,16 +6,7 @@ from pathlib import Path
 from typing import Iterator
 
 from minimodel.errors import UserError
-
-
-def read_utf8(path: Path) -> str:
-    """A text file's content; UserError naming the file when it is missing, a directory or not UTF-8."""
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not UTF-8 text (bad byte at offset {e.start}); convert it first") from None
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+from minimodel.jsonfile import read_utf8
 
 
 def jsonl_records(path: Path, hint: str) -> Iterator[tuple[int, dict]]:

@@ -111,7 +111,7 @@ class LoadedModel:
 
 
 def _read_toml(path: Path) -> dict:
-    from eval.jsonl import read_utf8
+    from minimodel.jsonfile import read_utf8
 
     try:
         return tomllib.loads(read_utf8(path)) if path.is_file() else {}

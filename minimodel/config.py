@@ -326,6 +326,16 @@ def _check_stage(cfg: StageConfig) -> None:
             raise UserError(f"replay.ratio={replay.ratio} but replay.path is empty; name the original-language set")
 
 
+def parse_stage_args(argv, prog: str, doc: str, configs: str, example: str):
+    """`--config FILE` and `section.key=value` overrides: the command line every training stage takes."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", help=f"TOML config ({configs})")
+    ap.add_argument("overrides", nargs="*", help=f"section.key=value, e.g. {example}")
+    return ap.parse_args(argv)
+
+
 def load_config(path: str | Path | None, overrides: list[str] = (), cls=RunConfig):
     raw: dict = {}
     if path is not None:

@@ -13,11 +13,10 @@ the embeddings (new rows = mean of the old pieces each new piece decomposes into
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from minimodel.config import CptConfig, load_config
+from minimodel.config import CptConfig, load_config, parse_stage_args
 from minimodel.data import TokenShards, TrainStream
 from minimodel.distributed import cleanup, init_distributed
 from minimodel.errors import cli_entry
@@ -56,11 +55,8 @@ def run(cfg: CptConfig) -> dict:
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(prog="python -m minimodel.cpt", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", help="TOML config (recipes/configs/cpt_*.toml)")
-    ap.add_argument("overrides", nargs="*", help="section.key=value, e.g. replay.ratio=0.05 lora.rank=16")
-    return ap.parse_args(argv)
+    return parse_stage_args(argv, "python -m minimodel.cpt", __doc__, "recipes/configs/cpt_*.toml",
+                            "replay.ratio=0.05 lora.rank=16")
 
 
 @cli_entry

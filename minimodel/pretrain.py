@@ -8,14 +8,13 @@ Re-running with the same config resumes from the last good checkpoint.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 
 from data_prep.atomic import write_text
-from minimodel.config import RunConfig, dump_toml, load_config
+from minimodel.config import RunConfig, dump_toml, load_config, parse_stage_args
 from minimodel.data import TokenShards, token_byte_lengths
 from minimodel.distributed import barrier, cleanup, init_distributed
 from minimodel.errors import cli_entry
@@ -27,11 +26,8 @@ from minimodel.tracking import Tracker
 from minimodel.trainer import preflight, train
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(prog="python -m minimodel.pretrain", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", help="TOML config (recipes/configs/*.toml)")
-    ap.add_argument("overrides", nargs="*", help="section.key=value, e.g. optim.lr=0.01 train.steps=500")
-    return ap.parse_args(argv)
+    return parse_stage_args(argv, "python -m minimodel.pretrain", __doc__, "recipes/configs/*.toml",
+                            "optim.lr=0.01 train.steps=500")
 
 
 def run(cfg: RunConfig) -> dict:

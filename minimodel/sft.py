@@ -11,14 +11,13 @@ logged beside it (how much each language keeps while the model learns to answer)
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from minimodel.config import StageConfig, load_config
+from minimodel.config import StageConfig, load_config, parse_stage_args
 from minimodel.data import TokenShards, check_tokenizer
 from minimodel.distributed import cleanup, init_distributed
 from minimodel.errors import UserError, cli_entry
@@ -98,11 +97,8 @@ def run(cfg: StageConfig) -> dict:
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(prog="python -m minimodel.sft", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", help="TOML config (recipes/configs/sft_*.toml)")
-    ap.add_argument("overrides", nargs="*", help="section.key=value, e.g. lora.enabled=false optim.name=muon")
-    return ap.parse_args(argv)
+    return parse_stage_args(argv, "python -m minimodel.sft", __doc__, "recipes/configs/sft_*.toml",
+                            "lora.enabled=false optim.name=muon")
 
 
 @cli_entry

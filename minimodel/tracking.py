@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from minimodel.errors import UserError
+
 
 class Tracker:
     def __init__(self, run_dir: Path, config: dict, enabled: bool, use_wandb: bool = False,
@@ -96,8 +98,6 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
             if i < len(lines) - 1 and line.strip():  # only the last line may be mid-write
-                from minimodel.errors import UserError
-
                 raise UserError(f"{path} line {i + 1} is damaged (not JSON); delete that line or the run's "
                                 "metrics.jsonl to read the rest") from None
     return rows

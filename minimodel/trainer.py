@@ -208,13 +208,13 @@ def train(model: nn.Module, optimizers: list, cfg: RunConfig, dist: DistInfo, ru
         # one collective: any rank's fault, and the loss summed over ranks (for the spike detector)
         stats = torch.stack([(~(torch.isfinite(loss_sum) & torch.isfinite(grad_norm))).float(), loss_sum.float()])
         faulty_ranks, global_loss = all_reduce_sum(stats, dist).tolist()
+        step_loss = global_loss / tc.grad_accum / dist.world_size
         if faulty_ranks == 0:
             if cfg.optim.grad_clip:  # clipped only when finite: a NaN norm would wipe every gradient
                 torch.nn.utils.clip_grads_with_norm_(model.parameters(), cfg.optim.grad_clip, grad_norm)
             for opt in optimizers:
                 opt.step()
             consecutive_skips = 0
-            step_loss = global_loss / tc.grad_accum / dist.world_size
             spike = spikes.update(step_loss)
             if spike is not None:
                 state.loss_spikes += 1
@@ -230,8 +230,7 @@ def train(model: nn.Module, optimizers: list, cfg: RunConfig, dist: DistInfo, ru
             if tc.on_nonfinite == "stop" or consecutive_skips + 1 > tc.max_consecutive_skips:
                 for opt in optimizers:
                     opt.zero_grad(set_to_none=True)
-                weights_ok = not nonfinite_tensors(ckpt_model, grads=False)
-                if weights_ok and (state.step != last_ckpt_step or not saved_any):  # keep the steps since
+                if state.step != last_ckpt_step or not saved_any:  # keep the steps since (broken weights raise)
                     checkpoint(position=position_before)
                     last_ckpt_step, saved_any = state.step, True
                 cause = ("train.on_nonfinite=stop" if tc.on_nonfinite == "stop"
@@ -251,18 +250,17 @@ def train(model: nn.Module, optimizers: list, cfg: RunConfig, dist: DistInfo, ru
         state.elapsed_s += time.perf_counter() - t0
 
         if state.step % tc.log_every == 0 or state.step == tc.steps:
-            loss_avg = all_reduce_sum(loss_sum.clone() / tc.grad_accum, dist).item() / dist.world_size
             now = time.perf_counter()
             tok_s = (state.tokens - tokens_last) / max(now - t_last, 1e-9)
             t_last, tokens_last = now, state.tokens
-            metrics = {"loss": loss_avg, "lr_mult": mult, "grad_norm": grad_norm.item(),
+            metrics = {"loss": step_loss, "lr_mult": mult, "grad_norm": grad_norm.item(),
                        "tokens": state.tokens, "tok_per_s": tok_s, "mfu": fpt * tok_s / peak,
                        "epoch": stream.epoch(), "skipped_steps": state.skipped_steps,
                        "loss_spikes": state.loss_spikes}
             if dist.device.type == "cuda":  # what the planner's memory model is calibrated against
                 metrics["peak_mem_gib"] = torch.cuda.max_memory_allocated(dist.device) / 2**30
             tracker.log(state.step, **metrics)
-            tracker.progress(state.step, loss=loss_avg, tok_s=int(tok_s))
+            tracker.progress(state.step, loss=step_loss, tok_s=int(tok_s))
         if tc.attn_logit_every and (state.step % tc.attn_logit_every == 0 or state.step == tc.steps):
             x, _ = val_data.batch(val_window_ids(val_data, 1, min(tc.micro_batch, 4), 0, 1)[0])
             top = max_attention_logit(model, x, cfg, dist.device)
