@@ -29,11 +29,10 @@ import numpy as np
 
 from data_prep.atomic import write_json
 from eval.jsonl import jsonl_records
-from minimodel.jsonfile import read_utf8
 from minimodel.errors import UserError, cli_entry
 from eval.models import LoadedModel, load_model, small_model_threads
 from eval.scoring import score_docs
-from minimodel.jsonfile import read_json_object
+from minimodel.jsonfile import read_json_object, read_utf8
 
 NAME_RE = re.compile(r"^[a-z]{2,3}(_[A-Za-z0-9.\-]+)*$")
 

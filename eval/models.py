@@ -12,7 +12,6 @@ there is one (the kit's tokenizers), otherwise AutoTokenizer.
 from __future__ import annotations
 
 import hashlib
-import json
 import tomllib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -56,13 +55,13 @@ class HFTokenizer:
     def __init__(self, path: str | Path):
         from transformers import AutoTokenizer
 
-        from minimodel.bases import HF_LOAD_ERRORS, _first_line
+        from minimodel.bases import HF_LOAD_ERRORS, error_gist
 
         self.path = path
         try:
             self.tok = AutoTokenizer.from_pretrained(str(path))
         except HF_LOAD_ERRORS as e:
-            raise UserError(f"cannot load the tokenizer of {path}: {_first_line(e)}; "
+            raise UserError(f"cannot load the tokenizer of {path}: {error_gist(e)}; "
                             "copy the model's tokenizer files beside it") from None
         self.sha256 = None  # not a single file: token shards can only be checked against sentencepiece
         self.bos_id, self.eos_id = self.tok.bos_token_id, self.tok.eos_token_id
@@ -189,11 +188,10 @@ def load_model(spec: str | Path, adapter: str | Path | None = None, device: str 
             raise UserError(f"{run_dir} has no final/ (the run did not finish) and no adapter/: nothing to evaluate")
     if p.is_dir() and (p / "adapter_config.json").is_file() and adapter is None:
         adapter = p
-        try:
-            acfg = json.loads((p / "adapter_config.json").read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise UserError(f"{p / 'adapter_config.json'} is not readable JSON ({str(e)[:120]})") from None
-        base = acfg.get("base_model_name_or_path") if isinstance(acfg, dict) else None
+        from minimodel.jsonfile import read_json_object
+
+        acfg = read_json_object(p / "adapter_config.json", "copy the adapter directory again")
+        base = acfg.get("base_model_name_or_path")
         if not isinstance(base, str) or not base:
             raise UserError(f"{p}: adapter_config.json names no base_model_name_or_path; pass the base model")
         p = Path(base)

@@ -159,7 +159,7 @@ HF_LOAD_ERRORS = (OSError, ValueError, TypeError, KeyError, AttributeError, Inde
                   StrictDataclassError)
 
 
-def _first_line(e: BaseException) -> str:
+def error_gist(e: BaseException) -> str:
     """The gist of a library error in one line (some span two: "field x:" then the reason)."""
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     return " ".join(lines[:2])[:240] if lines else type(e).__name__
@@ -179,7 +179,7 @@ def load_hf_causal_lm(source: str | Path, what: str = "model", **kw):
     except torch.OutOfMemoryError:
         raise
     except (*HF_LOAD_ERRORS, SafetensorError) as e:
-        raise UserError(f"cannot load {what} {str(source)!r} with transformers: {_first_line(e)}") from None
+        raise UserError(f"cannot load {what} {str(source)!r} with transformers: {error_gist(e)}") from None
     # Missing or misshapen weights would be random ones: refuse. Unexpected keys are often
     # harmless leftovers (old buffers such as attn.masked_bias): say so and go on.
     bad = {k: list(info.get(k) or []) for k in ("missing_keys", "mismatched_keys")}

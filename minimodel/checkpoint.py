@@ -47,13 +47,18 @@ def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a missing, cut or foreign file is a UserError naming it."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"cannot read weights {path}: {e} (file missing, truncated or corrupted?)") from None
+
+
 def load_model_weights(model: torch.nn.Module, path: str | Path) -> None:
     """Load safetensors weights; a missing, unexpected or misshapen tensor is named in the error."""
     path = Path(path)
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise UserError(f"cannot read weights {path}: {e} (file truncated or corrupted?)") from None
+    tensors = read_safetensors(path)
     expected = model.state_dict()
     tied = getattr(getattr(model, "config", None), "tie_embeddings", False)
     for name, t in tensors.items():

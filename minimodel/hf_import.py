@@ -25,6 +25,7 @@ from data_prep.atomic import atomic_dir, write_json
 from minimodel.errors import UserError
 from minimodel.export import WEIGHTS, check_tokenizer_fits
 from minimodel.hf_config import from_hf_config
+from minimodel.jsonfile import read_json_object
 from minimodel.model import MiniModel
 
 BASE_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -78,14 +79,14 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
 def read_config(model_dir: Path):
     from transformers import AutoConfig
 
-    from minimodel.bases import HF_LOAD_ERRORS, _first_line, read_hf_config
+    from minimodel.bases import HF_LOAD_ERRORS, error_gist, read_hf_config
 
     read_hf_config(model_dir)
     try:
         return AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
     except HF_LOAD_ERRORS as e:
         raise UserError(f"{model_dir}/config.json cannot be read by transformers: "
-                        f"{_first_line(e)}") from None
+                        f"{error_gist(e)}") from None
 
 
 def check_base(model_dir: Path, trust_remote_code: bool = False):
@@ -100,13 +101,13 @@ def check_base(model_dir: Path, trust_remote_code: bool = False):
 def load_tokenizer(model_dir: Path, vocab_size: int, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    from minimodel.bases import HF_LOAD_ERRORS, _first_line
+    from minimodel.bases import HF_LOAD_ERRORS, error_gist
 
     try:
         tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     except HF_LOAD_ERRORS as e:
         raise UserError(f"{model_dir} has no tokenizer transformers can load "
-                        f"({_first_line(e)}); "
+                        f"({error_gist(e)}); "
                         "copy the tokenizer files of the model into it") from None
     check_tokenizer_fits(len(tok), vocab_size, str(model_dir))
     return tok
@@ -126,17 +127,14 @@ def load_base(spec: str | Path, dtype: torch.dtype = torch.float32, device: str 
 
 def _read_tensors(model_dir: Path) -> dict[str, torch.Tensor]:
     """All safetensors weights of a HF directory (single file or sharded with an index)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from minimodel.checkpoint import read_safetensors
 
     index = model_dir / f"{WEIGHTS}.index.json"
     if index.is_file():
-        try:
-            files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
-            raise UserError(f"{index} is damaged: it does not map weight names to files") from None
-        if not all(isinstance(f, str) for f in files):
-            raise UserError(f"{index} is damaged: its weight_map values are not file names")
+        weight_map = read_json_object(index, "copy the model's files again").get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+            raise UserError(f"{index} is damaged: it does not map weight names to files")
+        files = sorted(set(weight_map.values()))
     elif (model_dir / WEIGHTS).is_file():
         files = [WEIGHTS]
     else:
@@ -144,10 +142,7 @@ def _read_tensors(model_dir: Path) -> dict[str, torch.Tensor]:
                         "convert it with transformers' save_pretrained(safe_serialization=True)")
     out = {}
     for f in files:
-        try:
-            out.update(load_file(str(model_dir / f)))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise UserError(f"cannot read weights {model_dir / f}: {e} (file missing, truncated or corrupted?)") from None
+        out.update(read_safetensors(model_dir / f))
     return out
 
 

@@ -28,8 +28,8 @@ import torch.nn as nn
 from data_prep.atomic import atomic_dir, write_text
 from minimodel.bases import CausalLM, load_base
 from minimodel.errors import UserError
-from minimodel.model import MiniModel
 from minimodel.jsonfile import read_json_object
+from minimodel.model import MiniModel
 
 ADAPTER_META = "minimodel_adapter.json"
 EMBED_FILE = "embeddings.safetensors"
@@ -126,10 +126,8 @@ def merge(lm: CausalLM) -> nn.Module:
 
 def load_adapted(adapter_dir: str | Path, base_source: str | None = None) -> CausalLM:
     """Base + adapter for evaluation, unmerged (eval mode, frozen)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     from minimodel.bases import config_from_hf
+    from minimodel.checkpoint import read_safetensors
     from minimodel.vocab_resize import resize_vocab
 
     adapter_dir = Path(adapter_dir)
@@ -146,10 +144,7 @@ def load_adapted(adapter_dir: str | Path, base_source: str | None = None) -> Cau
         if base.lm.kind == "hf":
             base.lm.config = config_from_hf(core.config)
     if meta["embeddings"]:
-        try:
-            tensors = load_file(str(adapter_dir / EMBED_FILE))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise UserError(f"cannot read {adapter_dir / EMBED_FILE}: {e} (file missing, truncated or corrupted?)") from None
+        tensors = read_safetensors(adapter_dir / EMBED_FILE)
         with torch.no_grad():
             for name, w in embedding_weights(core).items():
                 if name not in tensors or tensors[name].shape != w.shape:
