@@ -24,15 +24,15 @@ import time
 from pathlib import Path
 
 from data_prep import offline
-from data_prep.atomic import write_json
 from data_prep.clean import Cleaner, clean_docs
-from data_prep.errors import run_cli
 from data_prep.shards import prepare_from_docs
 from data_prep.sources import Doc
 from data_prep.splits import heldout_units, split_docs
 from data_prep.tok_report import tokenizer_report
 from data_prep.tokenizer import train_tokenizer, weighted_texts
 from data_prep.vocab_ext import extend_tokenizer
+from minimodel.errors import cli_entry
+from minimodel.io import write_json
 
 
 def _hash_texts(*parts) -> str:
@@ -178,4 +178,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    cli_entry(main)()

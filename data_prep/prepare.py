@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Iterable
 
 from data_prep.clean import Cleaner, clean_docs
-from data_prep.errors import DataPrepError, run_cli
 from data_prep.shards import prepare_from_docs
 from data_prep.sources import TXT_UNITS, Doc, read_files, read_hf, take
 from data_prep.splits import split_docs
 from data_prep.tok_report import tokenizer_report
 from data_prep.tokenizer import MODEL_TYPES, train_tokenizer
+from minimodel.errors import UserError, cli_entry
 
 
 def collect(args) -> tuple[list[Doc], list[dict]]:
@@ -38,7 +38,7 @@ def collect(args) -> tuple[list[Doc], list[dict]]:
     if args.konlpy:
         streams.append((offline.konlpy_source(), offline.konlpy_docs()))
     if not streams:
-        raise DataPrepError("no source given; use --files, --hf, --bible or --konlpy")
+        raise UserError("no source given; use --files, --hf, --bible or --konlpy")
     docs, sources, seen = [], [], set()
     for src, stream in streams:
         cleaner = Cleaner(args.min_chars, args.max_chars, not args.no_dedup, seen=seen)
@@ -48,8 +48,8 @@ def collect(args) -> tuple[list[Doc], list[dict]]:
         sources.append(src)
         docs.extend(kept)
     if not docs:
-        raise DataPrepError("empty corpus: no documents left after reading and cleaning; "
-                            "check the sources and --min-chars/--max-chars")
+        raise UserError("empty corpus: no documents left after reading and cleaning; "
+                        "check the sources and --min-chars/--max-chars")
     return docs, sources
 
 
@@ -63,7 +63,7 @@ def prepare(args) -> dict:
             tok = train_tokenizer(by_split["train"], Path(tmp) / "tokenizer.model", args.vocab_size,
                                   args.model_type)
         elif not tok.is_file():
-            raise DataPrepError(f"tokenizer not found: {tok}")
+            raise UserError(f"tokenizer not found: {tok}")
         lang = args.lang or "text"
         report = tokenizer_report(tok, {lang: by_split["val"] or by_split["train"][:200]})
         return prepare_from_docs(args.out, tok, by_split, sources, num_proc=args.num_proc,
@@ -106,11 +106,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--num-proc", type=int, default=2)
     args = p.parse_args(argv)
     if not 0 <= args.val_fraction < 1:
-        raise DataPrepError(f"--val-fraction {args.val_fraction} must be in [0, 1)")
+        raise UserError(f"--val-fraction {args.val_fraction} must be in [0, 1)")
     m = prepare(args)
     print(json.dumps({"out": args.out, **{s: {k: v[k] for k in ("docs", "bytes", "tokens")}
                                           for s, v in m["splits"].items()}}))
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    cli_entry(main)()

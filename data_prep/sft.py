@@ -23,44 +23,42 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from data_prep.atomic import atomic_dir, write_bytes, write_json
 from data_prep.clean import clean_text
-from data_prep.errors import DataPrepError, run_cli
 from data_prep.shards import command_line, token_dtype
 from data_prep.splits import is_heldout
-from data_prep.tokenizer import BOS_ID, CHAT_TOKENS, EOS_ID, file_sha256, load_tokenizer
-from minimodel.jsonfile import read_json_object
+from minimodel.data import SFT_FORMAT, load_sft_split
+from minimodel.errors import UserError, cli_entry
+from minimodel.io import atomic_dir, file_sha256, write_bytes, write_json
+from minimodel.tokenizer import CHAT_TOKENS, encode_chat, load_tokenizer
 
-SFT_FORMAT = "minimodel-sft-v1"
 ROLES = ("system", "user", "assistant")
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                    "system": "system"}
-IM_START, IM_END = CHAT_TOKENS
 
 
 def to_messages(rec: dict, where: str = "record") -> list[dict]:
     """A record in any supported shape -> [{"role", "content"}]."""
     if not isinstance(rec, dict):
-        raise DataPrepError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+        raise UserError(f"{where}: expected a JSON object, got {type(rec).__name__}")
     if "messages" in rec or "conversations" in rec:
         raw = rec.get("messages", rec.get("conversations"))
         if not isinstance(raw, list):
-            raise DataPrepError(f"{where}: 'messages' must be a list of {{role, content}}")
+            raise UserError(f"{where}: 'messages' must be a list of {{role, content}}")
         msgs = []
         for m in raw:
             if not isinstance(m, dict):
-                raise DataPrepError(f"{where}: each message must be an object with role and content")
+                raise UserError(f"{where}: each message must be an object with role and content")
             role = m.get("role", _SHAREGPT_ROLES.get(m.get("from", ""), m.get("from")))
             content = m.get("content", m.get("value"))
             if role not in ROLES or not isinstance(content, str):
-                raise DataPrepError(f"{where}: message needs role in {ROLES} and text content, got {sorted(m)}")
+                raise UserError(f"{where}: message needs role in {ROLES} and text content, got {sorted(m)}")
             msgs.append({"role": role, "content": content})
     elif "instruction" in rec and "output" in rec:
         wrong = [k for k in ("instruction", "input", "output", "system")
                  if rec.get(k) is not None and not isinstance(rec[k], str)]
         if wrong:
-            raise DataPrepError(f"{where}: Alpaca field(s) {wrong} must be text, got "
-                                f"{[type(rec[k]).__name__ for k in wrong]}")
+            raise UserError(f"{where}: Alpaca field(s) {wrong} must be text, got "
+                            f"{[type(rec[k]).__name__ for k in wrong]}")
         prompt = rec["instruction"] or ""
         if rec.get("input"):
             prompt = f"{prompt}\n\n{rec['input']}"
@@ -68,43 +66,11 @@ def to_messages(rec: dict, where: str = "record") -> list[dict]:
         if rec.get("system"):
             msgs.insert(0, {"role": "system", "content": rec["system"]})
     else:
-        raise DataPrepError(f"{where}: not a conversation or Alpaca record; fields are {sorted(rec)} "
-                            "(need 'messages' or 'instruction'+'output')")
+        raise UserError(f"{where}: not a conversation or Alpaca record; fields are {sorted(rec)} "
+                        "(need 'messages' or 'instruction'+'output')")
     if not any(m["role"] == "assistant" for m in msgs):
-        raise DataPrepError(f"{where}: no assistant message to learn from")
+        raise UserError(f"{where}: no assistant message to learn from")
     return [{"role": m["role"], "content": clean_text(m["content"])} for m in msgs]
-
-
-def render_chat(messages: list[dict], add_generation_prompt: bool = False) -> tuple[str, list[tuple[int, int]]]:
-    """The template text and the character spans the loss covers (assistant replies + <|im_end|>)."""
-    parts, spans, pos = [], [], 0
-    for m in messages:
-        head = f"{IM_START}{m['role']}\n"
-        body = f"{m['content']}{IM_END}"
-        if m["role"] == "assistant":
-            spans.append((pos + len(head), pos + len(head) + len(body)))
-        chunk = head + body + "\n"
-        parts.append(chunk)
-        pos += len(chunk)
-    if add_generation_prompt:
-        parts.append(f"{IM_START}assistant\n")
-    return "".join(parts), spans
-
-
-def encode_chat(sp, messages: list[dict], add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
-    """(ids, mask): BOS + rendered template (+ EOS unless prompting); mask 1 on assistant spans."""
-    text, spans = render_chat(messages, add_generation_prompt)
-    # byte offsets of the character spans (sentencepiece reports byte offsets)
-    bspans = [(len(text[:a].encode("utf-8")), len(text[:b].encode("utf-8"))) for a, b in spans]
-    proto = sp.encode(text, return_type="proto")
-    ids, mask = [BOS_ID], [0]
-    for p in proto.pieces:
-        ids.append(p.id)
-        mask.append(int(any(a <= p.begin < b for a, b in bspans)))
-    if not add_generation_prompt:
-        ids.append(EOS_ID)
-        mask.append(0)
-    return ids, mask
 
 
 def sft_records(files: list[str] | None, hf: str | None, hf_config: str | None, hf_split: str,
@@ -124,7 +90,7 @@ def prepare_sft(out_dir: str | Path, tokenizer_path: str | Path, recs: Iterable[
     sp = load_tokenizer(tokenizer_path)
     for t in CHAT_TOKENS:
         if sp.piece_to_id(t) == sp.unk_id():
-            raise DataPrepError(f"tokenizer {tokenizer_path} has no {t} piece; train it with data_prep.tokenizer")
+            raise UserError(f"tokenizer {tokenizer_path} has no {t} piece; train it with data_prep.tokenizer")
     dtype = token_dtype(sp.get_piece_size())
     data = {s: {"ids": [], "mask": [], "index": [0]} for s in ("train", "val")}
     stats = {"examples": 0, "too_long": 0}
@@ -140,7 +106,7 @@ def prepare_sft(out_dir: str | Path, tokenizer_path: str | Path, recs: Iterable[
         d["mask"].extend(mask)
         d["index"].append(len(d["ids"]))
     if not data["train"]["ids"]:
-        raise DataPrepError("empty SFT corpus: no usable examples; check the source and --max-tokens")
+        raise UserError("empty SFT corpus: no usable examples; check the source and --max-tokens")
     with atomic_dir(out_dir) as tmp:
         shutil.copyfile(tokenizer_path, tmp / "tokenizer.model")
         splits = {}
@@ -158,55 +124,6 @@ def prepare_sft(out_dir: str | Path, tokenizer_path: str | Path, recs: Iterable[
                     "stats": stats, "sources": sources or [], "command": command_line()}
         write_json(tmp / "manifest.json", manifest)
     return manifest
-
-
-def sft_manifest_problem(m) -> str | None:
-    """What makes an SFT manifest unreadable for the loaders (wrong types, missing keys), or None."""
-    from data_prep.shards import _is_count, _is_name
-
-    if not isinstance(m, dict):
-        return f"is a JSON {type(m).__name__}, not an object"
-    if m.get("format") != SFT_FORMAT:
-        return f"has format {m.get('format')!r}, expected {SFT_FORMAT!r} (a set from python -m data_prep.sft)"
-    if m.get("dtype") not in ("uint16", "uint32"):
-        return f"has dtype {m.get('dtype')!r}, expected 'uint16' or 'uint32'"
-    tok = m.get("tokenizer")
-    if not isinstance(tok, dict) or not _is_name(tok.get("file")) or not isinstance(tok.get("sha256"), str) \
-            or not _is_count(tok.get("pad_id", 0)):
-        return "lacks tokenizer.file / tokenizer.sha256 / tokenizer.pad_id"
-    splits = m.get("splits")
-    if not isinstance(splits, dict) or not splits:
-        return "lacks its splits"
-    for name, s in splits.items():
-        if not isinstance(s, dict) or not all(_is_name(s.get(k)) for k in ("tokens_file", "mask_file", "index_file")):
-            return f"split {name!r} lacks tokens_file / mask_file / index_file"
-    return None
-
-
-def load_sft_split(set_dir: str | Path, split: str) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
-    """(manifest, token ids, loss mask, example offsets) of one split, checked for consistency."""
-    set_dir = Path(set_dir)
-    path = set_dir / "manifest.json"
-    if not path.is_file():
-        raise DataPrepError(f"{set_dir} has no manifest.json: prepare SFT data with python -m data_prep.sft")
-    m = read_json_object(path, "prepare the SFT set again", DataPrepError)
-    problem = sft_manifest_problem(m)
-    if problem:
-        raise DataPrepError(f"{path} {problem}; prepare the SFT set again with python -m data_prep.sft")
-    if split not in m["splits"]:
-        raise DataPrepError(f"{set_dir} has no split {split!r}; it has {sorted(m['splits'])}")
-    s = m["splits"][split]
-    for key in ("tokens_file", "mask_file", "index_file"):
-        if not (set_dir / s[key]).is_file():
-            raise DataPrepError(f"{set_dir / s[key]} is missing: truncated set, prepare it again")
-    ids = np.fromfile(set_dir / s["tokens_file"], dtype=np.dtype(m["dtype"]).newbyteorder("<"))
-    mask = np.fromfile(set_dir / s["mask_file"], dtype=np.uint8)
-    idx = np.fromfile(set_dir / s["index_file"], dtype="<u8")
-    # offsets start at 0, never decrease and end at the token count; anything else is a damaged file
-    if len(ids) != len(mask) or not len(idx) or idx[0] != 0 or idx[-1] != len(ids) or np.any(np.diff(idx.astype(np.int64)) < 0) \
-            or idx.max(initial=0) > len(ids):
-        raise DataPrepError(f"{set_dir}/{split}: tokens, mask and index disagree: truncated set, prepare it again")
-    return m, ids, mask, idx.astype(np.int64)
 
 
 def read_sft(set_dir: str | Path, split: str = "train") -> list[tuple[np.ndarray, np.ndarray]]:
@@ -229,9 +146,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-examples", type=int, default=None)
     a = p.parse_args(argv)
     if not a.files and not a.hf:
-        raise DataPrepError("no source given; use --files or --hf")
+        raise UserError("no source given; use --files or --hf")
     if not Path(a.tokenizer).is_file():
-        raise DataPrepError(f"tokenizer not found: {a.tokenizer}")
+        raise UserError(f"tokenizer not found: {a.tokenizer}")
     recs = sft_records(a.files, a.hf, a.hf_config, a.hf_split, a.hf_data_files)
     if a.max_examples is not None:
         import itertools
@@ -243,4 +160,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    cli_entry(main)()

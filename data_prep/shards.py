@@ -22,12 +22,11 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from data_prep.atomic import atomic_dir, write_bytes, write_json
-from data_prep.errors import DataPrepError
-from data_prep.tokenizer import EOS_ID, file_sha256, load_tokenizer
-from minimodel.jsonfile import read_json_object
+from minimodel.data import SHARDS_FORMAT, manifest_problem, read_manifest
+from minimodel.errors import UserError
+from minimodel.io import atomic_dir, file_sha256, write_bytes, write_json
+from minimodel.tokenizer import EOS_ID, load_tokenizer
 
-FORMAT = "minimodel-shards-v1"
 SHARD_TOKENS = 1 << 24  # ~32 MB per uint16 shard
 CHUNK_BYTES = 1 << 20  # work unit per process
 
@@ -121,7 +120,7 @@ def build_manifest(out_dir: Path, tokenizer_path: Path, splits: dict, sources: l
                    dtype: np.dtype) -> dict:
     sp = load_tokenizer(tokenizer_path)
     return {
-        "format": FORMAT,
+        "format": SHARDS_FORMAT,
         "dtype": dtype.name,
         "vocab_size": int(sp.get_piece_size()),
         "tokenizer": {"file": tokenizer_path.name, "sha256": file_sha256(tokenizer_path),
@@ -143,7 +142,7 @@ def command_line() -> str:
 
 def fingerprint(tokenizer_sha: str, docs_by_split: dict[str, list[str]], extra) -> str:
     """What determines the output: the tokenizer, every document, and the recorded metadata."""
-    h = hashlib.sha256(f"{FORMAT}\0{tokenizer_sha}\0".encode())
+    h = hashlib.sha256(f"{SHARDS_FORMAT}\0{tokenizer_sha}\0".encode())
     h.update(json.dumps(extra, sort_keys=True, ensure_ascii=False, default=str).encode())
     for split in sorted(docs_by_split):
         h.update(f"\0split\0{split}\0{len(docs_by_split[split])}\0".encode())
@@ -153,8 +152,8 @@ def fingerprint(tokenizer_sha: str, docs_by_split: dict[str, list[str]], extra) 
     return h.hexdigest()
 
 
-def read_manifest(set_dir: str | Path) -> dict | None:
-    """The manifest of a prepared set; None when it is missing, unreadable or malformed."""
+def _previous_manifest(set_dir: str | Path) -> dict | None:
+    """The manifest of a set prepared before; None when it is missing, unreadable or malformed."""
     p = Path(set_dir) / "manifest.json"
     if not p.is_file():
         return None
@@ -163,45 +162,6 @@ def read_manifest(set_dir: str | Path) -> dict | None:
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
     return m if manifest_problem(m) is None else None
-
-
-def _is_count(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-
-def _is_name(v) -> bool:
-    """A file name relative to the set directory (no absolute paths, no way out of it)."""
-    return isinstance(v, str) and bool(v) and not v.startswith("/") and ".." not in Path(v).parts
-
-
-def manifest_problem(m) -> str | None:
-    """What makes a manifest unreadable for the loaders (wrong types, missing keys), or None.
-    Checked once here so the readers can index it without a KeyError/TypeError per field."""
-    if not isinstance(m, dict):
-        return f"is a JSON {type(m).__name__}, not an object"
-    if m.get("format") != FORMAT:
-        return f"has format {m.get('format')!r}, expected {FORMAT!r}"
-    if m.get("dtype") not in ("uint16", "uint32"):
-        return f"has dtype {m.get('dtype')!r}, expected 'uint16' or 'uint32'"
-    if not _is_count(m.get("vocab_size")) or not m["vocab_size"]:
-        return f"has vocab_size {m.get('vocab_size')!r}, expected a positive integer"
-    if not _is_count(m.get("eos_id")):
-        return f"has eos_id {m.get('eos_id')!r}, expected a token id"
-    tok = m.get("tokenizer")
-    if not isinstance(tok, dict) or not _is_name(tok.get("file")) or not isinstance(tok.get("sha256"), str):
-        return "lacks tokenizer.file / tokenizer.sha256"
-    splits = m.get("splits")
-    if not isinstance(splits, dict) or not splits:
-        return "lacks its splits"
-    for name, split in splits.items():
-        shards = split.get("shards") if isinstance(split, dict) else None
-        if not isinstance(shards, list) or not all(
-                isinstance(s, dict) and _is_name(s.get("file")) and _is_count(s.get("tokens")) for s in shards):
-            return f"split {name!r} lacks a list of shards with file and tokens"
-        for key in ("tokens", "bytes", "docs"):
-            if key in split and not _is_count(split[key]):
-                return f"split {name!r} has {key} {split[key]!r}, expected a count"
-    return None
 
 
 def _complete(set_dir: Path, manifest: dict) -> bool:
@@ -230,14 +190,14 @@ def prepare_from_docs(out_dir: str | Path, tokenizer_path: str | Path,
     """
     out_dir, tokenizer_path = Path(out_dir), Path(tokenizer_path)
     if not tokenizer_path.is_file():
-        raise DataPrepError(f"tokenizer not found: {tokenizer_path}; train one first")
+        raise UserError(f"tokenizer not found: {tokenizer_path}; train one first")
     docs_by_split = {s: list(d) for s, d in docs_by_split.items()}
     if not any(docs_by_split.values()):
-        raise DataPrepError(f"empty corpus: no documents left for {out_dir}; check the sources and filters")
+        raise UserError(f"empty corpus: no documents left for {out_dir}; check the sources and filters")
     tok_sha = file_sha256(tokenizer_path)
     fp = fingerprint(tok_sha, docs_by_split, [sources or [], extra_manifest or {},
                                               sorted((extra_files or {}).items()), shard_tokens])
-    old = read_manifest(out_dir)
+    old = _previous_manifest(out_dir)
     if not force and old and old.get("fingerprint") == fp and _complete(out_dir, old):
         return old
     sp = load_tokenizer(tokenizer_path)
@@ -269,55 +229,43 @@ def prepare_from_docs(out_dir: str | Path, tokenizer_path: str | Path,
     return manifest
 
 
-def load_manifest(set_dir: str | Path) -> dict:
-    """The manifest of a prepared set, or a DataPrepError saying why it cannot be read."""
-    p = Path(set_dir) / "manifest.json"
-    if not p.is_file():
-        raise DataPrepError(f"{set_dir}: no manifest.json; prepare the set first")
-    m = read_json_object(p, "prepare the set again", DataPrepError)
-    problem = manifest_problem(m)
-    if problem:
-        raise DataPrepError(f"{p} {problem}; prepare the set again with data_prep")
-    return m
-
-
 def check_prepared(set_dir: str | Path, tokenizer_path: str | Path | None = None,
                    scan: bool = True) -> dict:
     """Validate a prepared set (and optionally a tokenizer meant to read it); returns its manifest."""
     set_dir = Path(set_dir)
-    m = load_manifest(set_dir)
+    m = read_manifest(set_dir)
     tok = Path(tokenizer_path) if tokenizer_path else set_dir / m["tokenizer"]["file"]
     if not tok.is_file():
-        raise DataPrepError(f"{set_dir}: tokenizer {tok} missing; copy the tokenizer the shards were made with")
+        raise UserError(f"{set_dir}: tokenizer {tok} missing; copy the tokenizer the shards were made with")
     if file_sha256(tok) != m["tokenizer"]["sha256"]:
-        raise DataPrepError(f"shard/tokenizer mismatch: {tok} is not the tokenizer {set_dir} was "
-                            "tokenised with; re-run data_prep with this tokenizer")
+        raise UserError(f"shard/tokenizer mismatch: {tok} is not the tokenizer {set_dir} was "
+                        "tokenised with; re-run data_prep with this tokenizer")
     vocab = load_tokenizer(tok).get_piece_size()
     if vocab != m["vocab_size"] or token_dtype(vocab).name != m["dtype"]:
-        raise DataPrepError(f"{set_dir}: manifest vocab/dtype disagree with the tokenizer; re-run data_prep")
+        raise UserError(f"{set_dir}: manifest vocab/dtype disagree with the tokenizer; re-run data_prep")
     dtype = np.dtype(m["dtype"])
     for split in m["splits"].values():
         for s in split["shards"]:
             f = set_dir / s["file"]
             if not f.is_file() or f.stat().st_size != s["tokens"] * dtype.itemsize:
-                raise DataPrepError(f"{f}: missing or truncated shard; re-run data_prep")
+                raise UserError(f"{f}: missing or truncated shard; re-run data_prep")
             if scan and s["tokens"]:
                 top = int(np.fromfile(f, dtype=dtype).max())
                 if top >= vocab:
-                    raise DataPrepError(f"{f}: token id {top} >= vocab size {vocab}; "
-                                        "shards and tokenizer do not match")
+                    raise UserError(f"{f}: token id {top} >= vocab size {vocab}; "
+                                    "shards and tokenizer do not match")
     return m
 
 
 def read_tokens(set_dir: str | Path, split: str) -> np.ndarray:
     """All tokens of one split (for small sets, mixtures and tests)."""
     set_dir = Path(set_dir)
-    m = load_manifest(set_dir)
+    m = read_manifest(set_dir)
     if split not in m["splits"]:
-        raise DataPrepError(f"{set_dir}: no split {split!r}; splits are {sorted(m['splits'])}")
+        raise UserError(f"{set_dir}: no split {split!r}; splits are {sorted(m['splits'])}")
     dtype = np.dtype(m["dtype"])
     for s in m["splits"][split]["shards"]:
         if not (set_dir / s["file"]).is_file():
-            raise DataPrepError(f"{set_dir / s['file']}: shard missing; prepare the set again")
+            raise UserError(f"{set_dir / s['file']}: shard missing; prepare the set again")
     parts = [np.fromfile(set_dir / s["file"], dtype=dtype) for s in m["splits"][split]["shards"]]
     return np.concatenate(parts) if parts else np.zeros(0, dtype)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from data_prep.errors import DataPrepError
+from minimodel.errors import UserError
 
 SUFFIXES = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz", ".json.gz", ".ndjson", ".parquet")
 TXT_UNITS = ("file", "paragraph", "line")
@@ -37,21 +37,21 @@ def text_getter(text_field: str = "text", template: str | None = None) -> Callab
     """A function record -> text, with an error naming the fields that do exist."""
     def get(rec: dict, where: str) -> str:
         if not isinstance(rec, dict):
-            raise DataPrepError(f"{where}: expected a JSON object per record, got {type(rec).__name__}")
+            raise UserError(f"{where}: expected a JSON object per record, got {type(rec).__name__}")
         if template is not None:
             try:
                 return template.format_map(rec)
             except KeyError as e:
-                raise DataPrepError(f"{where}: template field {e} missing; fields are {sorted(rec)}") from None
+                raise UserError(f"{where}: template field {e} missing; fields are {sorted(rec)}") from None
         if text_field not in rec:
-            raise DataPrepError(f"{where}: no text field {text_field!r}; fields are {sorted(rec)} "
-                                "(pick one with --text-field or use --template)")
+            raise UserError(f"{where}: no text field {text_field!r}; fields are {sorted(rec)} "
+                            "(pick one with --text-field or use --template)")
         val = rec[text_field]
         if val is None:
             return ""
         if not isinstance(val, str):
-            raise DataPrepError(f"{where}: field {text_field!r} is {type(val).__name__}, not text "
-                                "(use --template to format structured records)")
+            raise UserError(f"{where}: field {text_field!r} is {type(val).__name__}, not text "
+                            "(use --template to format structured records)")
         return val
     return get
 
@@ -66,7 +66,7 @@ def expand(patterns: str | Iterable[str]) -> list[Path]:
         hits = sorted(glob.glob(pat, recursive=True)) if glob.has_magic(pat) else [pat]
         hits = [h for h in hits if Path(h).is_file()]
         if not hits:
-            raise DataPrepError(f"no files match {pat!r}: check the path or glob")
+            raise UserError(f"no files match {pat!r}: check the path or glob")
         files.extend(Path(h) for h in hits)
     return files
 
@@ -76,7 +76,7 @@ def _suffix(path: Path) -> str:
     for s in sorted(SUFFIXES, key=len, reverse=True):
         if name.endswith(s):
             return s
-    raise DataPrepError(f"{path}: unsupported file type; use one of {', '.join(SUFFIXES)}")
+    raise UserError(f"{path}: unsupported file type; use one of {', '.join(SUFFIXES)}")
 
 
 def _open_binary(path: Path) -> io.BufferedIOBase:
@@ -87,25 +87,25 @@ def _open_binary(path: Path) -> io.BufferedIOBase:
 
 def _check_head(path: Path, head: bytes) -> None:
     if b"\x00" in head:
-        raise DataPrepError(f"{path}: looks like a binary file (NUL bytes); give text, jsonl or parquet")
+        raise UserError(f"{path}: looks like a binary file (NUL bytes); give text, jsonl or parquet")
 
 
 def _decode(path: Path, data: bytes, where: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DataPrepError(f"{where}: not UTF-8 (bad byte at offset {e.start}); "
-                            f"convert it first, e.g. iconv -f CP949 -t UTF-8 {path}") from None
+        raise UserError(f"{where}: not UTF-8 (bad byte at offset {e.start}); "
+                        f"convert it first, e.g. iconv -f CP949 -t UTF-8 {path}") from None
 
 
 def read_txt(path: Path, unit: str = "file") -> Iterator[Doc]:
     if unit not in TXT_UNITS:
-        raise DataPrepError(f"txt unit {unit!r} unknown; use one of {TXT_UNITS}")
+        raise UserError(f"txt unit {unit!r} unknown; use one of {TXT_UNITS}")
     try:
         with _open_binary(path) as f:
             data = f.read()
     except (OSError, EOFError, zlib.error) as e:
-        raise DataPrepError(f"{path}: cannot read ({e})") from None
+        raise UserError(f"{path}: cannot read ({e})") from None
     _check_head(path, data[:8192])
     text = _decode(path, data, str(path))
     if unit == "file":
@@ -134,9 +134,9 @@ def jsonl_records(path: Path) -> Iterator[tuple[str, dict]]:
                 try:
                     yield where, json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise DataPrepError(f"{where}: bad JSON ({e.msg}); one JSON object per line expected") from None
+                    raise UserError(f"{where}: bad JSON ({e.msg}); one JSON object per line expected") from None
     except (OSError, EOFError, zlib.error) as e:  # truncated or corrupt gzip
-        raise DataPrepError(f"{path}: cannot read ({e})") from None
+        raise UserError(f"{path}: cannot read ({e})") from None
 
 
 def parquet_records(path: Path, batch_size: int = 4096) -> Iterator[tuple[str, dict]]:
@@ -145,7 +145,7 @@ def parquet_records(path: Path, batch_size: int = 4096) -> Iterator[tuple[str, d
     try:
         pf = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as e:
-        raise DataPrepError(f"{path}: not a readable parquet file ({str(e).splitlines()[0]})") from None
+        raise UserError(f"{path}: not a readable parquet file ({str(e).splitlines()[0]})") from None
     n = 0
     for batch in pf.iter_batches(batch_size=batch_size):
         for rec in batch.to_pylist():
@@ -158,7 +158,7 @@ def records(patterns: str | Iterable[str]) -> Iterator[tuple[str, dict]]:
     for path in expand(patterns):
         kind = _suffix(path)
         if kind.startswith(".txt"):
-            raise DataPrepError(f"{path}: records need .jsonl or .parquet, not plain text")
+            raise UserError(f"{path}: records need .jsonl or .parquet, not plain text")
         yield from parquet_records(path) if kind == ".parquet" else jsonl_records(path)
 
 
@@ -198,8 +198,8 @@ def hf_records(path: str, name: str | None = None, split: str = "train", data_fi
     try:
         ds = datasets.load_dataset(path, name=name, split=split, data_files=data_files, streaming=streaming)
     except (FileNotFoundError, ValueError, ConnectionError) as e:
-        raise DataPrepError(f"dataset {path!r} (config {name!r}, split {split!r}) cannot be loaded: "
-                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise UserError(f"dataset {path!r} (config {name!r}, split {split!r}) cannot be loaded: "
+                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     it = iter(ds)
     n = 0
     while True:
@@ -209,7 +209,7 @@ def hf_records(path: str, name: str | None = None, split: str = "train", data_fi
             return
         except Exception as e:  # the builders raise many types (arrow, json, decode) for bad files
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise DataPrepError(f"dataset {path!r} row {n}: cannot read ({msg})") from None
+            raise UserError(f"dataset {path!r} row {n}: cannot read ({msg})") from None
         yield f"{path}[{split}] row {n}", rec
         n += 1
 

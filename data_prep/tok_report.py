@@ -9,8 +9,9 @@ import json
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from data_prep.errors import DataPrepError, run_cli
-from data_prep.tokenizer import file_sha256, load_tokenizer
+from minimodel.errors import UserError, cli_entry
+from minimodel.io import file_sha256
+from minimodel.tokenizer import load_tokenizer
 
 
 def language_stats(sp, texts: Sequence[str]) -> dict:
@@ -45,23 +46,30 @@ def tokenizer_report(tokenizer, texts_by_lang: Mapping[str, Sequence[str]]) -> d
     return rep
 
 
-def main(argv: list[str] | None = None) -> None:
-    from data_prep.sources import read_files
+def texts_by_language(specs: list[str], text_field: str) -> dict[str, list[str]]:
+    """{language: cleaned texts} for LANG=GLOB specs (the --input of tok_report and vocab_ext)."""
     from data_prep.clean import clean_text
+    from data_prep.sources import read_files
     from data_prep.tokenizer import parse_input_spec
+
+    out = {}
+    for spec in specs:
+        lang, pattern, _ = parse_input_spec(spec)
+        out[lang] = [clean_text(d.text) for d in read_files(pattern, text_field)]
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m data_prep.tok_report", description=__doc__.splitlines()[0])
     p.add_argument("tokenizer")
     p.add_argument("--input", action="append", required=True, help="LANG=GLOB (repeatable)")
     p.add_argument("--text-field", default="text")
     a = p.parse_args(argv)
     if not Path(a.tokenizer).is_file():
-        raise DataPrepError(f"tokenizer not found: {a.tokenizer}")
-    texts = {}
-    for spec in a.input:
-        lang, pattern, _ = parse_input_spec(spec)
-        texts[lang] = [clean_text(d.text) for d in read_files(pattern, a.text_field)]
-    print(json.dumps(tokenizer_report(a.tokenizer, texts), ensure_ascii=False, indent=2))
+        raise UserError(f"tokenizer not found: {a.tokenizer}")
+    print(json.dumps(tokenizer_report(a.tokenizer, texts_by_language(a.input, a.text_field)), ensure_ascii=False,
+                     indent=2))
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    cli_entry(main)()

@@ -5,7 +5,6 @@ CLI: python -m data_prep.tokenizer --out tok.model --input en=data/en/*.jsonl:1 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import random
 import re
@@ -14,12 +13,10 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 import sentencepiece as spm
 
-from data_prep.atomic import write_bytes
-from data_prep.errors import DataPrepError, run_cli
+from minimodel.errors import UserError, cli_entry
+from minimodel.io import write_bytes
+from minimodel.tokenizer import BOS_ID, CHAT_TOKENS, EOS_ID, PAD_ID, UNK_ID
 
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
-# ChatML-style role markers, as Qwen and MiniMind use; one piece each.
-CHAT_TOKENS = ("<|im_start|>", "<|im_end|>")
 MODEL_TYPES = ("bpe", "unigram")
 MAX_PIECE_CHARS = 4096  # sentencepiece drops training "sentences" over 64 KiB: feed shorter lines
 
@@ -39,11 +36,11 @@ def train_tokenizer(texts: Iterable[str], out_path: str | Path, vocab_size: int 
                     num_threads: int = 2) -> Path:
     """Train a byte-fallback sentencepiece model on `texts` and write it atomically."""
     if model_type not in MODEL_TYPES:
-        raise DataPrepError(f"tokenizer type {model_type!r} unknown; use one of {MODEL_TYPES}")
+        raise UserError(f"tokenizer type {model_type!r} unknown; use one of {MODEL_TYPES}")
     lines = training_lines(texts)
     first = next(lines, None)
     if first is None:
-        raise DataPrepError("empty corpus: no text to train a tokenizer on; check the sources and filters")
+        raise UserError("empty corpus: no text to train a tokenizer on; check the sources and filters")
     buf = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
@@ -67,13 +64,13 @@ def train_tokenizer(texts: Iterable[str], out_path: str | Path, vocab_size: int 
     except RuntimeError as e:
         m = re.search(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)", str(e))
         if m:
-            raise DataPrepError(f"vocab size {m[1]} is more than this corpus supports; "
-                                f"use --vocab-size {m[2]} or less, or add text") from None
+            raise UserError(f"vocab size {m[1]} is more than this corpus supports; "
+                            f"use --vocab-size {m[2]} or less, or add text") from None
         m = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", str(e))
         if m:
-            raise DataPrepError(f"vocab size {m[1]} is too small for the {m[2]} characters this corpus needs; "
-                                f"use --vocab-size {int(m[2]) + 64} or more") from None
-        raise DataPrepError(f"sentencepiece training failed: {str(e).splitlines()[0]}") from None
+            raise UserError(f"vocab size {m[1]} is too small for the {m[2]} characters this corpus needs; "
+                            f"use --vocab-size {int(m[2]) + 64} or more") from None
+        raise UserError(f"sentencepiece training failed: {str(e).splitlines()[0]}") from None
     out_path = Path(out_path)
     write_bytes(out_path, buf.getvalue())
     return out_path
@@ -94,10 +91,10 @@ def weighted_texts(texts_by_lang: Mapping[str, Sequence[str]], weights: Mapping[
     weights = dict(weights or {lang: 1.0 for lang in texts_by_lang})
     unknown = set(weights) - set(texts_by_lang)
     if unknown:
-        raise DataPrepError(f"weights for languages without text: {sorted(unknown)}")
+        raise UserError(f"weights for languages without text: {sorted(unknown)}")
     total_w = sum(w for w in weights.values() if w > 0)
     if total_w <= 0:
-        raise DataPrepError("tokenizer sampling weights must include a positive one")
+        raise UserError("tokenizer sampling weights must include a positive one")
     sizes = {lang: sum(map(len, texts_by_lang[lang])) for lang in weights}
     if budget_chars is None:
         budget_chars = sum(sizes.values())
@@ -121,27 +118,11 @@ def weighted_texts(texts_by_lang: Mapping[str, Sequence[str]], weights: Mapping[
     return out
 
 
-def load_tokenizer(path: str | Path) -> spm.SentencePieceProcessor:
-    """A sentencepiece model; DataPrepError when the file is missing or not a sentencepiece model."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataPrepError(f"tokenizer not found: {path} (train one with python -m data_prep.tokenizer)")
-    try:
-        return spm.SentencePieceProcessor(model_file=str(path))
-    except (RuntimeError, OSError, ValueError) as e:  # a bad protobuf: RuntimeError or UnicodeDecodeError
-        raise DataPrepError(f"{path} is not a sentencepiece model ({str(e).splitlines()[0] if str(e) else 'unreadable'}); "
-                            "give the tokenizer.model the data was prepared with") from None
-
-
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def parse_input_spec(spec: str) -> tuple[str, str, float]:
     """"lang=GLOB[:weight]" -> (lang, glob, weight)."""
     lang, sep, rest = spec.partition("=")
     if not sep or not lang or not rest:
-        raise DataPrepError(f"--input {spec!r}: expected LANG=GLOB[:WEIGHT], e.g. ko=data/ko/*.jsonl:2")
+        raise UserError(f"--input {spec!r}: expected LANG=GLOB[:WEIGHT], e.g. ko=data/ko/*.jsonl:2")
     glob_, weight = rest, 1.0
     head, colon, tail = rest.rpartition(":")
     if colon and head:
@@ -177,4 +158,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    cli_entry(main)()

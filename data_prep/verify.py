@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from data_prep.errors import run_cli
 from data_prep.shards import check_prepared
+from minimodel.errors import cli_entry
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,4 +22,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    cli_entry(main)()

@@ -14,9 +14,10 @@ import tempfile
 from pathlib import Path
 from typing import Iterable
 
-from data_prep.atomic import write_bytes
-from data_prep.errors import DataPrepError, run_cli
-from data_prep.tokenizer import load_tokenizer, train_tokenizer
+from data_prep.tokenizer import train_tokenizer
+from minimodel.errors import UserError, cli_entry
+from minimodel.io import write_bytes
+from minimodel.tokenizer import load_tokenizer
 
 
 def _varint(n: int) -> bytes:
@@ -66,7 +67,7 @@ def extend_tokenizer(base_path: str | Path, texts: Iterable[str], out_path: str 
         new = load_tokenizer(train_tokenizer(texts, Path(tmp) / "new.model", new_vocab_size, model_type))
     added = new_pieces(base, new, max_new)
     if not added:
-        raise DataPrepError("the new language adds no pieces to the base tokenizer; raise --new-vocab-size")
+        raise UserError("the new language adds no pieces to the base tokenizer; raise --new-vocab-size")
     floor = min(base.get_score(i) for i in range(base.get_piece_size()) if _is_normal(base, i))
     recs = []
     for rank, (piece, score) in enumerate(added):
@@ -106,7 +107,7 @@ def _fields(buf: bytes):
         elif wt == 1:
             val, pos = buf[pos:pos + 8], pos + 8
         else:
-            raise DataPrepError("tokenizer file is not a sentencepiece model (bad protobuf)")
+            raise UserError("tokenizer file is not a sentencepiece model (bad protobuf)")
         yield num, wt, val
 
 
@@ -121,10 +122,7 @@ def _model_type(model_bytes: bytes) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from data_prep.sources import read_files
-    from data_prep.clean import clean_text
-    from data_prep.tokenizer import parse_input_spec
-    from data_prep.tok_report import tokenizer_report
+    from data_prep.tok_report import texts_by_language, tokenizer_report
     p = argparse.ArgumentParser(prog="python -m data_prep.vocab_ext", description=__doc__.splitlines()[0])
     p.add_argument("--base", required=True)
     p.add_argument("--input", action="append", required=True, help="LANG=GLOB of the new language")
@@ -134,11 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--text-field", default="text")
     a = p.parse_args(argv)
     if not Path(a.base).is_file():
-        raise DataPrepError(f"base tokenizer not found: {a.base}")
-    texts = {}
-    for spec in a.input:
-        lang, pattern, _ = parse_input_spec(spec)
-        texts[lang] = [clean_text(d.text) for d in read_files(pattern, a.text_field)]
+        raise UserError(f"base tokenizer not found: {a.base}")
+    texts = texts_by_language(a.input, a.text_field)
     info = extend_tokenizer(a.base, [t for ts in texts.values() for t in ts], a.out, a.new_vocab_size, a.max_new)
     info["before"] = tokenizer_report(a.base, texts)["languages"]
     info["after"] = tokenizer_report(a.out, texts)["languages"]
@@ -146,4 +141,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    cli_entry(main)()

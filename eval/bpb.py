@@ -18,21 +18,18 @@ Writes RUN_DIR/eval/bpb.json for a run directory (or --out).
 """
 from __future__ import annotations
 
-import argparse
 import math
 import re
-import shlex
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from data_prep.atomic import write_json
-from eval.jsonl import jsonl_records
 from minimodel.errors import UserError, cli_entry
-from eval.models import LoadedModel, load_model, small_model_threads
+from eval.models import load_model, model_cli, model_meta, output_path, small_model_threads
+from minimodel.loading import CausalLM
 from eval.scoring import score_docs
-from minimodel.jsonfile import read_json_object, read_utf8
+from minimodel.io import read_json_object, read_jsonl_objects, read_utf8, write_json
 
 NAME_RE = re.compile(r"^[a-z]{2,3}(_[A-Za-z0-9.\-]+)*$")
 
@@ -50,7 +47,7 @@ def read_texts(path: Path) -> tuple[list[str], str | None]:
     if path.suffix == ".txt":
         return [read_utf8(path)], None
     docs, langs = [], set()
-    for n, rec in jsonl_records(path, 'one {"text": ...} object per line'):
+    for n, rec in read_jsonl_objects(path, 'one {"text": ...} object per line'):
         if not isinstance(rec.get("text"), str):
             raise UserError(f"{path}:{n} has no \"text\" string field")
         docs.append(rec["text"])
@@ -99,7 +96,7 @@ def parse_set(spec: str) -> dict:
     return {"name": name, "kind": kind, "path": file, "split": split}
 
 
-def shard_docs(set_dir: Path, split: str, lm: LoadedModel) -> tuple[list[list[int]], int, int]:
+def shard_docs(set_dir: Path, split: str, lm: CausalLM) -> tuple[list[list[int]], int, int]:
     """Token documents (each ending in EOS) of a prepared split, its bytes and its EOS id."""
     from minimodel.data import read_manifest
 
@@ -118,7 +115,7 @@ def shard_docs(set_dir: Path, split: str, lm: LoadedModel) -> tuple[list[list[in
     return docs, int(man["splits"][split]["bytes"]), eos
 
 
-def bits_per_byte(lm: LoadedModel, s: dict, ctx: int | None = None, stride: int | None = None,
+def bits_per_byte(lm: CausalLM, s: dict, ctx: int | None = None, stride: int | None = None,
                   batch_size: int = 16, max_docs: int | None = None) -> dict:
     ctx = ctx or lm.context
     stride = stride or max(ctx // 2, 1)
@@ -142,33 +139,13 @@ def bits_per_byte(lm: LoadedModel, s: dict, ctx: int | None = None, stride: int 
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(prog="python -m eval.bpb", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model", help="run dir, Hugging Face dir, or adapter dir")
-    ap.add_argument("--adapter", help="peft adapter to apply on MODEL")
+    ap = model_cli("python -m eval.bpb", __doc__, "bpb.json")
     ap.add_argument("--data", action="append", required=True, help="held-out set (repeatable)")
-    ap.add_argument("--out", help="output JSON (default RUN_DIR/eval/bpb.json)")
     ap.add_argument("--ctx", type=int, help="context length (default: the run's training seq_len)")
     ap.add_argument("--stride", type=int, help="sliding-window stride (default ctx/2)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-docs", type=int, help="score only the first N documents of text sets")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--stage", help="stage label for the report (base, cpt, sft, ...); default from config.toml")
-    ap.add_argument("--base", help="the model this one was adapted from (run dir or name), for the report")
     return ap.parse_args(argv)
-
-
-def output_path(lm: LoadedModel, out: str | None, file: str) -> Path:
-    if out:
-        return Path(out)
-    if lm.run_dir is None:
-        raise UserError(f"{lm.name} is not a run directory; say where to write the results with --out")
-    return lm.run_dir / "eval" / file
-
-
-def model_meta(lm: LoadedModel, args, module: str, argv: list[str]) -> dict:
-    return {"model": lm.name, **lm.source, "stage": args.stage, "base": args.base,
-            "command": shlex.join(["python", "-m", module, *argv])}
 
 
 @cli_entry

@@ -10,16 +10,15 @@ so base, CPT and SFT answer the same input. Each prompt is decoded greedily and 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 
-from data_prep.atomic import write_json
-from eval.jsonl import jsonl_records
 from minimodel.errors import UserError, cli_entry
-from eval.models import LoadedModel, load_model, small_model_threads
+from minimodel.io import read_jsonl_objects, write_json
+from eval.models import load_model, model_cli, model_meta, output_path, small_model_threads
+from minimodel.loading import CausalLM
 from eval.repetition import repetition_score
 
 DEFAULT_PROMPTS = Path(__file__).resolve().parent / "prompts" / "en_ko_2x2.jsonl"
@@ -31,7 +30,7 @@ def read_prompts(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise UserError(f"prompt file not found: {path}")
     out = []
-    for n, rec in jsonl_records(path, "each line needs id, lang, kind, prompt"):
+    for n, rec in read_jsonl_objects(path, "each line needs id, lang, kind, prompt"):
         missing = [k for k in ("id", "lang", "kind", "prompt") if not isinstance(rec.get(k), str)]
         if missing:
             raise UserError(f"{path}:{n} lacks string field(s) {missing}; each line needs id, lang, kind, prompt")
@@ -43,14 +42,14 @@ def read_prompts(path: str | Path) -> list[dict]:
     return out
 
 
-def prompt_ids(lm: LoadedModel, rec: dict) -> list[int]:
+def prompt_ids(lm: CausalLM, rec: dict) -> list[int]:
     if rec["kind"] == "instruction":
         return lm.tokenizer.chat_prompt(rec["prompt"])
     return [lm.prefix_id] + lm.tokenizer.encode(rec["prompt"])
 
 
 @torch.no_grad()
-def continue_ids(lm: LoadedModel, ids: list[int], max_new_tokens: int, temperature: float = 0.0,
+def continue_ids(lm: CausalLM, ids: list[int], max_new_tokens: int, temperature: float = 0.0,
                  top_p: float = 1.0, seed: int = 0, stop_ids: tuple[int, ...] = ()) -> list[int]:
     """New token ids after `ids`: greedy at temperature 0, else seeded nucleus sampling."""
     prompt = torch.tensor([ids], device=lm.device)
@@ -59,14 +58,14 @@ def continue_ids(lm: LoadedModel, ids: list[int], max_new_tokens: int, temperatu
     if lm.kind == "native":
         from minimodel.generate import generate
 
-        room = lm.module.config.max_seq_len - len(ids)
-        out = generate(lm.module, prompt, min(max_new_tokens, room), temperature=temperature,
+        room = lm.net.config.max_seq_len - len(ids)
+        out = generate(lm.net, prompt, min(max_new_tokens, room), temperature=temperature,
                        top_p=top_p, eos_id=eos, generator=gen)[0, len(ids):].tolist()
     else:
         torch.manual_seed(seed)  # transformers' sampling draws from the global generator
         kw = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else \
             dict(do_sample=False)
-        out = lm.module.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=max_new_tokens,
+        out = lm.net.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=max_new_tokens,
                                  eos_token_id=eos, pad_token_id=eos if eos is not None else 0,
                                  **kw)[0, len(ids):].tolist()
     stops = set(stop_ids) | ({eos} if eos is not None else set())
@@ -76,7 +75,7 @@ def continue_ids(lm: LoadedModel, ids: list[int], max_new_tokens: int, temperatu
     return out
 
 
-def stop_tokens(lm: LoadedModel) -> tuple[int, ...]:
+def stop_tokens(lm: CausalLM) -> tuple[int, ...]:
     """Ids that end an answer: EOS and, for the kit's tokenizers, ChatML's <|im_end|>."""
     sp = getattr(lm.tokenizer, "sp", None)
     if sp is not None and sp.piece_to_id("<|im_end|>") != sp.unk_id():
@@ -84,7 +83,7 @@ def stop_tokens(lm: LoadedModel) -> tuple[int, ...]:
     return ()
 
 
-def run_generations(lm: LoadedModel, prompts: list[dict], max_new_tokens: int = 64, temperature: float = 0.8,
+def run_generations(lm: CausalLM, prompts: list[dict], max_new_tokens: int = 64, temperature: float = 0.8,
                     top_p: float = 0.95, seed: int = 0) -> list[dict]:
     with small_model_threads(lm):
         return _generate_all(lm, prompts, max_new_tokens, temperature, top_p, seed)
@@ -103,26 +102,17 @@ def _generate_all(lm, prompts, max_new_tokens, temperature, top_p, seed) -> list
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(prog="python -m eval.generations", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model", help="run dir, Hugging Face dir, or adapter dir")
-    ap.add_argument("--adapter")
+    ap = model_cli("python -m eval.generations", __doc__, "generations.json")
     ap.add_argument("--prompts", default=str(DEFAULT_PROMPTS))
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--temperature", type=float, default=0.8, help="for the sampled outputs")
     ap.add_argument("--top-p", type=float, default=0.95)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--out", help="output JSON (default RUN_DIR/eval/generations.json)")
-    ap.add_argument("--stage")
-    ap.add_argument("--base")
     return ap.parse_args(argv)
 
 
 @cli_entry
 def main(argv=None) -> dict:
-    from eval.bpb import model_meta, output_path
-
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     prompts = read_prompts(args.prompts)

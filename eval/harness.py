@@ -13,7 +13,6 @@ directories with tokenizer files. Writes RUN_DIR/eval/lm_eval.json (or --out).
 """
 from __future__ import annotations
 
-import argparse
 import difflib
 import os
 import shlex
@@ -23,8 +22,9 @@ from pathlib import Path
 
 import yaml
 
-from data_prep.atomic import write_json
 from minimodel.errors import UserError, cli_entry
+from eval.models import model_cli
+from minimodel.io import write_json
 
 TASK_DIR = Path(__file__).resolve().parent / "tasks"
 # Standard tasks selectable by name; every one downloads its dataset from the hub.
@@ -133,20 +133,13 @@ def evaluate(model: str, tasks: list[str], adapter: str | None = None, limit: in
 @cli_entry
 def main(argv=None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
-    ap = argparse.ArgumentParser(prog="python -m eval.harness", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model")
+    ap = model_cli("python -m eval.harness", __doc__, "lm_eval.json")
     ap.add_argument("--tasks", required=True, help="comma-separated task names")
-    ap.add_argument("--adapter")
     ap.add_argument("--limit", type=int, help="first N items of each task")
     ap.add_argument("--heldout", action="append", default=[], help="LANG=FILE for minimodel_ppl_LANG")
     ap.add_argument("--backend", choices=("auto", "minimodel", "hf"), default="auto")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-length", type=int, help="context (default: the run's training seq_len)")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--out", help="output JSON (default RUN_DIR/eval/lm_eval.json)")
-    ap.add_argument("--stage")
-    ap.add_argument("--base")
     args = ap.parse_args(argv)
     heldout = {}
     for spec in args.heldout:

@@ -19,11 +19,11 @@ import statistics
 import sys
 from pathlib import Path
 
-from data_prep.atomic import atomic_dir, write_bytes, write_json, write_text
 from minimodel.errors import UserError, cli_entry
 from eval.forgetting import (backward_transfer, benchmark_deltas, forgetting_rows, language_of)
-from eval.models import run_config
-from minimodel.jsonfile import read_json_object
+from minimodel.config import RunConfig, read_run_config
+from minimodel.loading import model_shape
+from minimodel.io import atomic_dir, read_json_object, write_bytes, write_json, write_text
 
 DEFAULT_USD_PER_GPU_HOUR = 0.3  # an RTX 4090 on a rental market (DESIGN.md)
 
@@ -71,10 +71,9 @@ def _metrics(run_dir: Path) -> list[dict]:
     return rows
 
 
-def training_language(cfg: dict) -> str | None:
+def training_language(data_path: str) -> str | None:
     """The language of the run's training data (the largest component of a replay mixture)."""
-    path = cfg.get("data", {}).get("path")
-    man = _json(Path(path) / "manifest.json") if path else None
+    man = _json(Path(data_path) / "manifest.json") if data_path else None
     if not man:
         return None
     if man.get("language"):
@@ -101,47 +100,41 @@ def collect_run(run_dir: Path, rate: float) -> dict:
     if bpb is None:
         raise UserError(f"{run_dir} lacks the bits-per-byte stage (eval/bpb.json) the report needs; run "
                         f"python -m eval.bpb {run_dir} --data HELDOUT_SET ... first")
-    cfg, metrics = run_config(run_dir), _metrics(run_dir)
+    record, metrics = read_run_config(run_dir), _metrics(run_dir)
+    cfg, run = record.config, record.run
     gens, lme = _json(run_dir / "eval" / "generations.json"), _json(run_dir / "eval" / "lm_eval.json")
     _check_stage_docs(run_dir, bpb, gens, lme)
-    bad = [k for k in ("run", "train", "model", "lora", "replay", "optim", "data", "base") if not isinstance(cfg.get(k, {}), dict)]
-    if bad:
-        raise UserError(f"{run_dir / 'config.toml'}: {bad} must be tables ([section]); the run's config is damaged")
-    stage = (bpb.get("stage") or cfg.get("run", {}).get("stage")
-             or ("sft" if "sft" in cfg else "cpt" if ("base" in cfg or "lora" in cfg) else "base"))
-    base_ref = bpb.get("base") or cfg.get("base", {}).get("path") or cfg.get("base", {}).get("model")
-    run, train, model = cfg.get("run", {}), cfg.get("train", {}), cfg.get("model", {})
+    # a pretrained core is the "base" row of the report
+    stage = bpb.get("stage") or {"pretrain": "base"}.get(record.stage, record.stage)
+    base = getattr(cfg, "base", None)
+    base_ref = bpb.get("base") or (base.path if base else None)
     tokens = max((m["tokens"] for m in metrics if isinstance(m.get("tokens"), (int, float))), default=None)
     wall = wall_seconds(metrics)
-    world = int(run.get("world_size", 1) or 1)
-    device_h = wall * world / 3600 if wall is not None else None
+    device_h = wall * run.world_size / 3600 if wall is not None else None
     tps = [m["tok_per_s"] for m in metrics if isinstance(m.get("tok_per_s"), (int, float))]
-    if "d_model" not in model:  # stages that load their base (CPT, SFT) record no [model]: read the export
-        mm = _json(run_dir / "final" / "minimodel.json") or {}
-        hf = _json(run_dir / "final" / "config.json") or {}
-        model = {"d_model": mm.get("d_model", hf.get("hidden_size")), "n_layers": mm.get("n_layers", hf.get("num_hidden_layers")),
-                 "vocab_size": mm.get("vocab_size", hf.get("vocab_size")), "qk_norm": mm.get("qk_norm")}
-    lora = cfg.get("lora", {})
-    replay = cfg.get("replay", {})
-    summary = {"preset": model.get("preset"), "d_model": model.get("d_model"), "n_layers": model.get("n_layers"),
-               "vocab_size": model.get("vocab_size"), "qk_norm": model.get("qk_norm"),
-               "optimizer": cfg.get("optim", {}).get("name"), "lr": cfg.get("optim", {}).get("lr"),
-               "steps": train.get("steps"), "data": cfg.get("data", {}).get("path"),
-               "lora_rank": lora.get("rank", lora.get("r")) if lora.get("enabled", True) else None,
-               "full_finetune": bool(lora) and lora.get("enabled") is False,
-               "replay_ratio": replay.get("ratio") if replay.get("path") else None}
-    return {"run_dir": str(run_dir), "stage": stage, "base_ref": base_ref, "bpb_doc": bpb, "config": cfg,
-            "metrics": metrics, "generations": gens, "lm_eval": lme, "params": run.get("params"), "tokens": tokens,
-            "wall_s": wall, "world_size": world, "device_hours": device_h,
+    if isinstance(cfg, RunConfig):
+        shape, preset = cfg.model_config(), cfg.model.preset
+    else:  # stages that load their base (CPT, SFT) have no [model]: the shape of their result
+        shape, preset = model_shape(run_dir), None
+    lora, replay = getattr(cfg, "lora", None), getattr(cfg, "replay", None)
+    summary = {"preset": preset, "d_model": shape.d_model, "n_layers": shape.n_layers,
+               "vocab_size": shape.vocab_size, "qk_norm": shape.qk_norm,
+               "optimizer": cfg.optim.name, "lr": cfg.optim.lr, "steps": cfg.train.steps, "data": cfg.data.path,
+               "lora_rank": lora.rank if lora and lora.enabled else None,
+               "full_finetune": bool(lora) and not lora.enabled,
+               "replay_ratio": replay.ratio if replay and replay.path else None}
+    return {"run_dir": str(run_dir), "stage": stage, "base_ref": base_ref, "bpb_doc": bpb, "config": cfg.to_dict(),
+            "metrics": metrics, "generations": gens, "lm_eval": lme, "params": run.params or None, "tokens": tokens,
+            "wall_s": wall, "world_size": run.world_size, "device_hours": device_h,
             "cost_usd": device_h * rate if device_h is not None else None,
-            "hardware": f"{world}x {hardware(run, train)}",
+            "hardware": f"{run.world_size}x {hardware(run.device, cfg.train.device)}",
             "tok_per_s": statistics.median(tps) if tps else None, "summary": summary,
-            "language": training_language(cfg), "seed": train.get("seed"),
-            "commit": run.get("commit"), "command": run.get("command")}
+            "language": training_language(cfg.data.path), "seed": cfg.train.seed,
+            "commit": run.commit, "command": run.command}
 
 
-def hardware(run: dict, train: dict) -> str:
-    dev = run.get("device") or train.get("device")
+def hardware(recorded: str, configured: str) -> str:
+    dev = recorded or configured
     return dev if dev and dev != "auto" else "(device not logged)"
 
 

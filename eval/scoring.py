@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from eval.models import LoadedModel
+from minimodel.loading import CausalLM
 
 
 def doc_windows(ids: list[int], prefix_id: int, ctx: int, stride: int) -> list[tuple[list[int], int]]:
@@ -28,7 +28,7 @@ def doc_windows(ids: list[int], prefix_id: int, ctx: int, stride: int) -> list[t
 
 
 @torch.no_grad()
-def score_windows(lm: LoadedModel, windows: list[tuple[list[int], int]], batch_size: int = 16
+def score_windows(lm: CausalLM, windows: list[tuple[list[int], int]], batch_size: int = 16
                   ) -> list[tuple[float, bool]]:
     """(sum of log-probabilities of the scored targets, all of them the argmax) per window.
 
@@ -55,7 +55,7 @@ def score_windows(lm: LoadedModel, windows: list[tuple[list[int], int]], batch_s
     return results
 
 
-def score_docs(lm: LoadedModel, docs: list[list[int]], ctx: int, stride: int | None = None,
+def score_docs(lm: CausalLM, docs: list[list[int]], ctx: int, stride: int | None = None,
                batch_size: int = 16, prefix_id: int | None = None) -> list[float]:
     """Total log-likelihood (nats) of each token document, conditioned on the prefix token."""
     stride = stride or max(ctx // 2, 1)

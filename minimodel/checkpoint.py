@@ -9,9 +9,7 @@ their checksums, is not a checkpoint and resume falls back to the previous one.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import pickle
 import shutil
 import sys
 from pathlib import Path
@@ -20,19 +18,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from data_prep.atomic import atomic_dir
 from minimodel.errors import UserError
-from minimodel.jsonfile import read_json_object
+from minimodel.io import atomic_dir, file_sha256, read_json_object
 
 META = "checkpoint.json"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -84,7 +73,7 @@ def save_checkpoint(ckpt_root: str | Path, step: int, model: torch.nn.Module, op
         torch.save({"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
                    tmp / "rng.pt")
-        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+        files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}
         meta = {"step": step, **trainer_state, "files": files}
         (tmp / META).write_text(json.dumps(meta, indent=2))
     _prune(ckpt_root, keep_last)
@@ -118,7 +107,7 @@ def verify_checkpoint(path: Path) -> dict:
         f = path / name
         if not f.is_file():
             raise UserError(f"checkpoint file missing: {f}")
-        if _sha256(f) != digest:
+        if file_sha256(f) != digest:
             raise UserError(f"checkpoint file {f} is corrupted or truncated (checksum mismatch)")
     return meta
 
@@ -146,8 +135,13 @@ def _load_pt(path: Path):
     """torch.load(weights_only=True) of a checkpoint file; a damaged file is a UserError naming it."""
     try:
         return torch.load(path, weights_only=True, map_location="cpu")
-    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as e:
-        # torch reports a cut or foreign file through any of these, depending on where it breaks
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        # Damaged bytes reach torch's zip reader and restricted unpickler as whatever type they trigger
+        # (seen: OSError, EOFError, RuntimeError, ValueError, KeyError, IndexError, TypeError,
+        # struct.error, UnpicklingError). Only a file whose checksum in checkpoint.json was rewritten
+        # gets here: the checksum check runs first.
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot read checkpoint file {path}: {first[:200]} (truncated or corrupted?)") from None
 

@@ -1,58 +1,128 @@
-"""Run configuration: dataclasses loaded from TOML, `section.key=value` overrides,
-validated with messages that name the bad key, dumped resolved into the run dir."""
+"""The one config schema: every section a dataclass whose checks sit beside its fields, loaded
+from TOML, overridable as `section.key=value`, validated with messages that name the bad key,
+dumped resolved into the run directory, and read back from it (`read_run_config`) by everything
+that looks at a run (eval, the report, export, the planner).
+
+    RunConfig     pretraining: [model] [optim] [data] [train] [tracking]
+    StageConfig   SFT on a base: [base] [lora] [optim] [data] [train] [eval] [tracking]
+    CptConfig     continued pretraining: StageConfig + [replay]
+A run directory's config.toml adds [run] (`RunInfo`: provenance, written by the stage, never a setting).
+"""
 from __future__ import annotations
 
 import dataclasses
-import sys
+import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 from minimodel.errors import UserError
+from minimodel.io import read_toml
 from minimodel.model import PRESETS, ModelConfig, model_config_from
 
 
+def choice(default: str, *options: str):
+    """A string field that must be one of `options` (checked at load, named in the error)."""
+    return field(default=default, metadata={"choices": (default, *options)})
+
+
+def _positive(section: str, obj, *keys: str) -> None:
+    for key in keys:
+        if getattr(obj, key) <= 0:
+            raise UserError(f"config key {section}.{key} must be > 0")
+
+
+class Section:
+    """A config section: a dataclass whose own checks run when it is loaded."""
+
+    def check(self) -> None:
+        """Ranges and combinations of this section's fields (types and choices are checked on load)."""
+
+
 @dataclass
-class OptimConfig:
-    name: str = "muon"                  # "muon" (Muon on hidden matrices + AdamW) | "adamw"
+class ModelSection(Section):
+    """[model]: a preset (tiny, 26m, 104m) and any ModelConfig field overriding it."""
+    preset: str | None = "tiny"         # None: ModelConfig's defaults (a model file's own config)
+    vocab_size: int | None = None
+    d_model: int | None = None
+    n_layers: int | None = None
+    n_heads: int | None = None
+    n_kv_heads: int | None = None
+    head_dim: int | None = None
+    ffn_dim: int | None = None
+    qk_norm: bool | None = None
+    tie_embeddings: bool | None = None
+    rope_theta: float | None = None
+    rms_eps: float | None = None
+    max_seq_len: int | None = None
+    init_std: float | None = None
+
+    def model_config(self) -> ModelConfig:
+        overrides = {f.name: getattr(self, f.name) for f in fields(self)
+                     if f.name != "preset" and getattr(self, f.name) is not None}
+        try:
+            return model_config_from(self.preset, **overrides)
+        except (ValueError, TypeError, ZeroDivisionError) as e:
+            raise UserError(f"[model] {e}") from None
+
+    def check(self) -> None:
+        if self.preset is not None and self.preset not in PRESETS:
+            raise UserError(f"unknown model.preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+        for f in fields(self):  # a zero or negative size would fail deep inside torch (head_dim 0: derived)
+            v = getattr(self, f.name)
+            positive = v > 0 or (v == 0 and f.name == "head_dim") if isinstance(v, (int, float)) else True
+            if not isinstance(v, bool) and not positive:
+                raise UserError(f"config key model.{f.name} must be > 0, got {v!r}")
+        self.model_config()  # the shape is consistent now, not at the first step
+
+
+assert {f.name for f in fields(ModelSection)} == {"preset"} | {f.name for f in fields(ModelConfig)}
+
+
+@dataclass
+class OptimConfig(Section):
+    name: str = choice("muon", "adamw")  # "muon" (Muon on hidden matrices + AdamW) | "adamw"
     lr: float = 0.01                    # Muon lr (hidden matrices); with name="adamw" the lr of all of them
     adam_lr: float = 0.01               # AdamW lr for embeddings, lm_head and norms under "muon"
     weight_decay: float = 0.1           # decoupled; applied to 2-D matrices only
     muon_momentum: float = 0.95
-    muon_adjust_lr_fn: str = "match_rms_adamw"  # torch.optim.Muon: "original" | "match_rms_adamw"
+    muon_adjust_lr_fn: str = choice("match_rms_adamw", "original")  # torch.optim.Muon's two conventions
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0              # 0 disables
-    schedule: str = "cosine"            # "cosine" (warmup + cosine) | "wsd" (warmup-stable-decay) | "constant"
+    schedule: str = choice("cosine", "wsd", "constant")  # warmup + cosine | warmup-stable-decay | constant
     warmup_steps: int = 20
     decay_frac: float = 0.2             # wsd: share of steps spent decaying
     min_lr_frac: float = 0.1            # final lr as a fraction of the peak
 
+    def check(self) -> None:
+        _positive("optim", self, "lr", "adam_lr")
+        if not 0 <= self.decay_frac <= 1 or not 0 <= self.min_lr_frac <= 1:
+            raise UserError("optim.decay_frac and optim.min_lr_frac must lie in [0, 1]")
+
 
 @dataclass
-class DataConfig:
+class DataConfig(Section):
     path: str = "data/demo_en"          # a prepared set: manifest.json + shards
     seq_len: int = 256
     train_split: str = "train"
     val_split: str = "val"
 
+    def check(self) -> None:
+        _positive("data", self, "seq_len")
+
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Section):
     out_dir: str = "runs/core"
     steps: int = 200
     micro_batch: int = 16               # sequences per rank per micro-step
     grad_accum: int = 1
-    dtype: str = "bf16"                 # "bf16" autocast | "fp32"
+    dtype: str = choice("bf16", "fp32")  # bf16 autocast | fp32
     compile: bool = False
     seed: int = 1337
-    device: str = "auto"                # "auto" | "cpu" | "cuda"
+    device: str = choice("auto", "cpu", "cuda")
     log_every: int = 10
     eval_every: int = 100
     eval_batches: int = 8
@@ -61,42 +131,22 @@ class TrainConfig:
     attn_logit_every: int = 100         # 0 disables; QK-norm exists to bound this
     progress: bool = True
     stop_at_step: int = 0               # >0: checkpoint and exit there (time-sliced jobs); resume later
-    on_nonfinite: str = "skip"          # NaN/inf loss or gradient: "skip" the update (counted) | "stop"
+    on_nonfinite: str = choice("skip", "stop")  # NaN/inf loss or gradient: skip the update (counted) | stop
     max_consecutive_skips: int = 20     # that many skipped steps in a row stop the run anyway
     spike_sigma: float = 6.0            # log a loss this many running std above its running mean; 0: off
 
+    def check(self) -> None:
+        _positive("train", self, "steps", "micro_batch", "grad_accum", "eval_batches", "keep_last")
+        if self.max_consecutive_skips < 0 or not self.spike_sigma >= 0:
+            raise UserError("train.max_consecutive_skips and train.spike_sigma must be >= 0 (spike_sigma=0 turns "
+                            "spike logging off)")
+
 
 @dataclass
-class TrackingConfig:
+class TrackingConfig(Section):
     wandb: bool = False                 # WANDB_MODE (online/offline/disabled) is honoured
     project: str = "minimodel"
     run_name: str = ""
-
-
-@dataclass
-class RunConfig:
-    model: dict = field(default_factory=lambda: {"preset": "tiny"})  # preset + ModelConfig keys
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-
-    def model_config(self) -> ModelConfig:
-        spec = dict(self.model)
-        preset = spec.pop("preset", None)
-        try:
-            return model_config_from(preset, **spec)
-        except (ValueError, TypeError) as e:
-            raise UserError(f"[model] {e}") from None
-
-    def to_dict(self) -> dict:
-        out = {"model": {"preset": self.model.get("preset"), **self.model_config().to_dict()}}
-        for f in fields(self):
-            if f.name != "model":
-                out[f.name] = dataclasses.asdict(getattr(self, f.name))
-        if out["model"]["preset"] is None:
-            del out["model"]["preset"]
-        return out
 
 
 # Adapter stages (continued pretraining, SFT): the model comes from a base, so there is no
@@ -105,15 +155,20 @@ DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up
 
 
 @dataclass
-class BaseConfig:
+class BaseConfig(Section):
     path: str = ""                      # a minimodel run directory (its final/), a Hugging Face dir, or a hub id
     trust_remote_code: bool = False     # only for hub architectures that need it, when you trust them
 
+    def check(self) -> None:
+        if not self.path:
+            raise UserError("config key base.path is empty: name the base (a minimodel run directory, "
+                            "a Hugging Face directory or a hub id)")
+
 
 @dataclass
-class LoraConfig:
+class LoraConfig(Section):
     enabled: bool = True                # false: full fine-tuning through the same stage (the reference arm)
-    backend: str = "peft"               # "peft" (CPU and GPU) | "unsloth" (GPU; Hugging Face bases)
+    backend: str = choice("peft", "unsloth")  # peft (CPU and GPU) | unsloth (GPU; Hugging Face bases)
     rank: int = 128
     alpha: float = 32.0
     rslora: bool = True                 # scale alpha / sqrt(rank) instead of alpha / rank
@@ -123,16 +178,36 @@ class LoraConfig:
     embedding_lr_mult: float = 0.2      # their lr = optim.lr x this (unsloth's recipe: 1e-5 for 5e-5)
     load_in_4bit: bool = False          # unsloth backend: 4-bit (QLoRA) frozen base
 
+    def check(self) -> None:
+        for key in ("rank", "alpha", "embedding_lr_mult"):
+            if getattr(self, key) <= 0:
+                raise UserError(f"config key lora.{key} must be > 0, got {getattr(self, key)}")
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"config key lora.dropout must lie in [0, 1), got {self.dropout}")
+        if self.enabled and not self.target_modules:
+            raise UserError("config key lora.target_modules is empty; name the linear layers to adapt, "
+                            "e.g. q_proj,v_proj")
+        if self.backend == "unsloth" and not self.enabled:
+            raise UserError("lora.backend=unsloth needs lora.enabled=true; full fine-tuning runs on the peft backend")
+        if self.load_in_4bit and self.backend != "unsloth":
+            raise UserError("lora.load_in_4bit=true needs lora.backend=unsloth (a GPU and bitsandbytes)")
+
 
 @dataclass
-class ReplayConfig:
+class ReplayConfig(Section):
     path: str = ""                      # a prepared set of the original language (same tokenizer as data.path)
     ratio: float = 0.0                  # share of training windows drawn from it: 0, 0.05, 0.25 ...
     val_split: str = "val"
 
+    def check(self) -> None:
+        if not 0 <= self.ratio < 1:
+            raise UserError(f"config key replay.ratio must lie in [0, 1), got {self.ratio}")
+        if self.ratio > 0 and not self.path:
+            raise UserError(f"replay.ratio={self.ratio} but replay.path is empty; name the original-language set")
+
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Section):
     sets: list = field(default_factory=list)  # more prepared sets whose held-out bpb is logged as val_bpb_<name>
 
 
@@ -142,18 +217,44 @@ def _stage_optim() -> OptimConfig:
 
 
 @dataclass
-class StageConfig:
-    """What a stage on top of a base reads: continued pretraining and SFT."""
-    base: BaseConfig = field(default_factory=BaseConfig)
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    optim: OptimConfig = field(default_factory=_stage_optim)
+class Config:
+    """The sections every stage has; the stages' configs below add theirs."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def check(self) -> None:
+        """Checks across sections (each section checks its own fields)."""
 
     def to_dict(self) -> dict:
         return {f.name: dataclasses.asdict(getattr(self, f.name)) for f in fields(self)}
+
+
+@dataclass
+class RunConfig(Config):
+    """Pretraining a core from scratch."""
+    model: ModelSection = field(default_factory=ModelSection)
+
+    def model_config(self) -> ModelConfig:
+        return self.model.model_config()
+
+    def check(self) -> None:
+        if self.data.seq_len > self.model_config().max_seq_len:
+            raise UserError(f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len="
+                            f"{self.model_config().max_seq_len}; raise model.max_seq_len")
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "model": {"preset": self.model.preset, **self.model_config().to_dict()}}
+
+
+@dataclass
+class StageConfig(Config):
+    """A stage on top of a base: SFT (and, with [replay], continued pretraining)."""
+    optim: OptimConfig = field(default_factory=_stage_optim)
+    base: BaseConfig = field(default_factory=BaseConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 @dataclass
@@ -161,17 +262,71 @@ class CptConfig(StageConfig):
     replay: ReplayConfig = field(default_factory=ReplayConfig)
 
 
-SECTIONS = {f.name: f for f in fields(RunConfig)}
-MODEL_KEYS = {f.name for f in fields(ModelConfig)} | {"preset"}
-CHOICES = {
-    ("optim", "name"): ("muon", "adamw"),
-    ("optim", "muon_adjust_lr_fn"): ("original", "match_rms_adamw"),
-    ("optim", "schedule"): ("cosine", "wsd", "constant"),
-    ("train", "dtype"): ("bf16", "fp32"),
-    ("train", "on_nonfinite"): ("skip", "stop"),
-    ("train", "device"): ("auto", "cpu", "cuda"),
-    ("lora", "backend"): ("peft", "unsloth"),
-}
+@dataclass
+class RunInfo(Section):
+    """[run] of a run directory's config.toml: what the stage recorded about itself."""
+    stage: str = ""                     # pretrain | cpt | sft ("" in runs written before it was recorded)
+    commit: str = ""
+    command: str = ""                   # retypeable, without machine paths
+    world_size: int = 1
+    device: str = ""
+    params: int = 0
+    base: str = ""                      # adapter stages: the base as named, its kind, the data's tokenizer
+    base_kind: str = ""
+    tokenizer: str = ""                 # "same" | "extended"
+    trainable_params: int = 0
+    vocab_old_vocab: int = 0            # vocabulary extension (tokenizer = "extended")
+    vocab_new_vocab: int = 0
+    vocab_initialised: int = 0
+    vocab_tied: bool = False
+
+
+STAGE_CONFIGS = {"pretrain": RunConfig, "cpt": CptConfig, "sft": StageConfig}
+
+
+def config_class(raw: dict):
+    """The schema of a config read from a file: by its [run] stage, else a [base] means a stage on a base
+    (read as CptConfig, which holds SFT's sections too), else pretraining."""
+    stage = raw.get("run", {}).get("stage") if isinstance(raw.get("run"), dict) else None
+    if stage in STAGE_CONFIGS:
+        return STAGE_CONFIGS[stage]
+    return CptConfig if "base" in raw or "lora" in raw else RunConfig
+
+
+@dataclass
+class RunRecord:
+    """A run directory's config.toml read back through the schema."""
+    config: Config
+    run: RunInfo
+
+    @property
+    def stage(self) -> str:
+        return self.run.stage or ("cpt" if isinstance(self.config, StageConfig) else "pretrain")
+
+
+def model_config_of(spec, where: str) -> ModelConfig:
+    """The ModelConfig in a table read from a model file (minimodel.json, a converted config.json),
+    checked like a config's [model] section before a model is built; errors name `where`."""
+    if not isinstance(spec, dict):
+        raise UserError(f"{where} is a JSON {type(spec).__name__}, not a minimodel config object")
+    try:
+        section = _section("model", ModelSection(preset=None), spec)
+        section.check()
+        return section.model_config()
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
+
+
+def read_run_config(run_dir: str | Path) -> RunRecord:
+    path = Path(run_dir) / "config.toml"
+    if not path.is_file():
+        raise UserError(f"{run_dir} has no config.toml: not a minimodel run directory")
+    raw = read_toml(path, "restore the run's config.toml or start the run again")
+    run = raw.pop("run", {})
+    if not isinstance(run, dict):
+        raise UserError(f"{path}: [run] must be a table; the run's config is damaged")
+    cls = config_class({**raw, "run": run})
+    return RunRecord(build_config(raw, cls), _section("run", RunInfo(), run))
 
 
 def _coerce(section: str, key: str, value: Any, typ) -> Any:
@@ -212,8 +367,34 @@ def _coerce(section: str, key: str, value: Any, typ) -> Any:
     return value
 
 
-def _section_dataclass(section: str, cls=RunConfig):
-    return get_type_hints(cls)[section]
+def _field_types(dc) -> dict:
+    """{field: its plain type}; `int | None` (a [model] override) counts as int."""
+    out = {}
+    for name, hint in get_type_hints(dc).items():
+        args = [a for a in getattr(hint, "__args__", ()) if a is not type(None)]
+        out[name] = args[0] if args and type(None) in getattr(hint, "__args__", ()) else hint
+    return out
+
+
+def _section(section: str, obj, values) -> Any:
+    """The section dataclass `obj` (its defaults) updated from a table of values, every key known and typed."""
+    if not isinstance(values, dict):
+        raise UserError(f"config section [{section}] must be a table, got {values!r}")
+    dc = type(obj)
+    types = _field_types(dc)
+    if section == "model":
+        bad = sorted(set(values) - set(types))
+        if bad:
+            raise UserError(f"unknown config key(s) model.{bad[0]}; valid model keys: {sorted(types)}")
+    choices = {f.name: f.metadata.get("choices") for f in fields(dc)}
+    for k, v in values.items():
+        if k not in types:
+            raise UserError(f"unknown config key {section}.{k}; valid keys in [{section}]: {sorted(types)}")
+        v = _coerce(section, k, v, types[k])
+        if choices[k] and v not in choices[k]:
+            raise UserError(f"config key {section}.{k} must be one of {choices[k]}, got {v!r}")
+        setattr(obj, k, v)
+    return obj
 
 
 def _parse_override(item: str, cls=RunConfig) -> tuple[str, str, Any]:
@@ -231,109 +412,25 @@ def _parse_override(item: str, cls=RunConfig) -> tuple[str, str, Any]:
 
 
 def _is_string_key(section: str, key: str, cls=RunConfig) -> bool:
-    sections = {f.name for f in fields(cls)}
-    if section == "model" and "model" in sections:
-        return key == "preset"
-    if section not in sections:
-        return False
-    return get_type_hints(_section_dataclass(section, cls)).get(key) is str
+    hints = get_type_hints(cls)
+    return section in hints and _field_types(hints[section]).get(key) is str
 
 
 def build_config(raw: dict, cls=RunConfig):
     """Validate a nested dict (as read from TOML) into a RunConfig (or another stage's `cls`)."""
     if not isinstance(raw, dict):
         raise UserError("config must be a table of sections")
-    sections = {f.name for f in fields(cls)}
-    unknown = sorted(set(raw) - sections)
+    hints = get_type_hints(cls)
+    unknown = sorted(set(raw) - set(hints))
     if unknown:
-        raise UserError(f"unknown config section(s) {unknown}; valid sections: {sorted(sections)}")
+        raise UserError(f"unknown config section(s) {unknown}; valid sections: {sorted(hints)}")
     cfg = cls()
     for section, values in raw.items():
-        if not isinstance(values, dict):
-            raise UserError(f"config section [{section}] must be a table, got {values!r}")
-        if section == "model" and cls is RunConfig:
-            bad = sorted(set(values) - MODEL_KEYS)
-            if bad:
-                raise UserError(f"unknown config key(s) model.{bad[0]}; valid model keys: {sorted(MODEL_KEYS)}")
-            hints = get_type_hints(ModelConfig)
-            model = dict(cfg.model)
-            for k, v in values.items():
-                model[k] = v if k == "preset" else _coerce("model", k, v, hints[k])
-            if "preset" in values and model["preset"] not in PRESETS:
-                raise UserError(f"unknown model.preset {model['preset']!r}; choose one of {sorted(PRESETS)}")
-            cfg.model = model
-            continue
-        dc = _section_dataclass(section, cls)
-        hints = get_type_hints(dc)
-        obj = getattr(cfg, section)
-        for k, v in values.items():
-            if k not in hints:
-                raise UserError(f"unknown config key {section}.{k}; valid keys in [{section}]: {sorted(hints)}")
-            v = _coerce(section, k, v, hints[k])
-            if (section, k) in CHOICES and v not in CHOICES[(section, k)]:
-                raise UserError(f"config key {section}.{k} must be one of {CHOICES[(section, k)]}, got {v!r}")
-            setattr(obj, k, v)
-    if isinstance(cfg, RunConfig):
-        cfg.model_config()  # validate the model shape now, not at the first step
-    _check_ranges(cfg)
+        _section(section, getattr(cfg, section), values)
+    for f in fields(cfg):  # each section's own checks, then those across sections
+        getattr(cfg, f.name).check()
+    cfg.check()
     return cfg
-
-
-def _check_ranges(cfg) -> None:
-    positive = [("train", "steps"), ("train", "micro_batch"), ("train", "grad_accum"),
-                ("data", "seq_len"), ("train", "eval_batches"), ("train", "keep_last"),
-                ("optim", "lr"), ("optim", "adam_lr")]
-    for section, key in positive:
-        if getattr(getattr(cfg, section), key) <= 0:
-            raise UserError(f"config key {section}.{key} must be > 0")
-    if not 0 <= cfg.optim.decay_frac <= 1 or not 0 <= cfg.optim.min_lr_frac <= 1:
-        raise UserError("optim.decay_frac and optim.min_lr_frac must lie in [0, 1]")
-    if cfg.train.max_consecutive_skips < 0 or not cfg.train.spike_sigma >= 0:
-        raise UserError("train.max_consecutive_skips and train.spike_sigma must be >= 0 (spike_sigma=0 turns "
-                        "spike logging off)")
-    if isinstance(cfg, StageConfig):
-        _check_stage(cfg)
-        return
-    if cfg.data.seq_len > cfg.model_config().max_seq_len:
-        raise UserError(f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len="
-                        f"{cfg.model_config().max_seq_len}; raise model.max_seq_len")
-
-
-def _check_stage(cfg: StageConfig) -> None:
-    if not cfg.base.path:
-        raise UserError("config key base.path is empty: name the base (a minimodel run directory, "
-                        "a Hugging Face directory or a hub id)")
-    lc = cfg.lora
-    if lc.rank <= 0:
-        raise UserError(f"config key lora.rank must be > 0, got {lc.rank}")
-    if lc.alpha <= 0:
-        raise UserError(f"config key lora.alpha must be > 0, got {lc.alpha}")
-    if not 0 <= lc.dropout < 1:
-        raise UserError(f"config key lora.dropout must lie in [0, 1), got {lc.dropout}")
-    if lc.embedding_lr_mult <= 0:
-        raise UserError(f"config key lora.embedding_lr_mult must be > 0, got {lc.embedding_lr_mult}")
-    if lc.enabled and not lc.target_modules:
-        raise UserError("config key lora.target_modules is empty; name the linear layers to adapt, e.g. q_proj,v_proj")
-    if lc.backend == "unsloth" and not lc.enabled:
-        raise UserError("lora.backend=unsloth needs lora.enabled=true; full fine-tuning runs on the peft backend")
-    if lc.load_in_4bit and lc.backend != "unsloth":
-        raise UserError("lora.load_in_4bit=true needs lora.backend=unsloth (a GPU and bitsandbytes)")
-    replay = getattr(cfg, "replay", None)
-    if replay is not None:
-        if not 0 <= replay.ratio < 1:
-            raise UserError(f"config key replay.ratio must lie in [0, 1), got {replay.ratio}")
-        if replay.ratio > 0 and not replay.path:
-            raise UserError(f"replay.ratio={replay.ratio} but replay.path is empty; name the original-language set")
-
-
-def parse_stage_args(argv, prog: str, doc: str, configs: str, example: str):
-    """`--config FILE` and `section.key=value` overrides: the command line every training stage takes."""
-    import argparse
-
-    ap = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", help=f"TOML config ({configs})")
-    ap.add_argument("overrides", nargs="*", help=f"section.key=value, e.g. {example}")
-    return ap.parse_args(argv)
 
 
 def load_config(path: str | Path | None, overrides: list[str] = (), cls=RunConfig):
@@ -342,10 +439,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (), cls=RunConfi
         path = Path(path)
         if not path.is_file():
             raise UserError(f"config file not found: {path}")
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"config file {path} is not valid TOML: {e}") from None
+        raw = read_toml(path)
     for item in overrides:
         section, key, value = _parse_override(item, cls)
         raw.setdefault(section, {})

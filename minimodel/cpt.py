@@ -13,23 +13,22 @@ the embeddings (new rows = mean of the old pieces each new piece decomposes into
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from minimodel.config import CptConfig, load_config, parse_stage_args
-from minimodel.data import TokenShards, TrainStream
-from minimodel.distributed import cleanup, init_distributed
-from minimodel.errors import cli_entry
+from minimodel.config import CptConfig
+from minimodel.data import StageData, TokenShards, TrainStream
+from minimodel.distributed import DistInfo
 from minimodel.replay import ReplayStream
-from minimodel.stage import check_same_tokenizer, run_stage, set_name
+from minimodel.stage import Built, adapter_model, check_same_tokenizer, set_name, stage_entry
 
 
-def run(cfg: CptConfig) -> dict:
-    dist = init_distributed(cfg.train.device)
-    try:
+class ContinuedPretraining:
+    name = "cpt"
+
+    def data(self, cfg: CptConfig, dist: DistInfo) -> StageData:
         data_dir = Path(cfg.data.path)
-        train_data = TokenShards(data_dir, cfg.data.train_split, cfg.data.seq_len)
-        val_data = TokenShards(data_dir, cfg.data.val_split, cfg.data.seq_len)
+        train = TokenShards(data_dir, cfg.data.train_split, cfg.data.seq_len)
+        val = TokenShards(data_dir, cfg.data.val_split, cfg.data.seq_len)
         taken: set = set()
         val_name = set_name(data_dir, taken)
         extra_val, replay = {}, None
@@ -42,28 +41,20 @@ def run(cfg: CptConfig) -> dict:
             check_same_tokenizer(data_dir, Path(extra), "eval set")
             extra_val[set_name(Path(extra), taken)] = TokenShards(extra, cfg.data.val_split, cfg.data.seq_len)
 
-        def make_stream(position: int):
+        def stream(position: int):
             if replay is not None and cfg.replay.ratio > 0:
-                return ReplayStream(train_data, replay, cfg.replay.ratio, cfg.train.seed,
+                return ReplayStream(train, replay, cfg.replay.ratio, cfg.train.seed,
                                     dist.rank, dist.world_size, position)
-            return TrainStream(train_data, cfg.train.seed, dist.rank, dist.world_size, position)
+            return TrainStream(train, cfg.train.seed, dist.rank, dist.world_size, position)
 
-        return run_stage(cfg, dist, "cpt", train_data, val_data, data_dir, make_stream=make_stream,
-                         extra_val=extra_val, val_name=val_name)
-    finally:
-        cleanup(dist)
+        return StageData(train, val, data_dir / train.manifest["tokenizer"]["file"], stream, extra_val, val_name)
 
-
-def parse_args(argv):
-    return parse_stage_args(argv, "python -m minimodel.cpt", __doc__, "recipes/configs/cpt_*.toml",
-                            "replay.ratio=0.05 lora.rank=16")
+    def model(self, cfg: CptConfig, data: StageData) -> Built:
+        return adapter_model(cfg, data, self.name)
 
 
-@cli_entry
-def main(argv=None) -> dict:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    return run(load_config(args.config, args.overrides, cls=CptConfig))
-
+run, main = stage_entry(ContinuedPretraining(), CptConfig, __doc__, "recipes/configs/cpt_*.toml",
+                        "replay.ratio=0.05 lora.rank=16")
 
 if __name__ == "__main__":
     main()

@@ -7,21 +7,22 @@ generation_config.json, tokenizer.json + tokenizer_config.json (chat template in
 + tokenizer.model, and minimodel.json (the native ModelConfig). Before the directory
 appears it is reloaded with AutoModelForCausalLM / AutoTokenizer and compared with the
 native model (fp32 logits on a fixed batch, max abs diff < 1e-4) and with sentencepiece
-(token ids on English and Korean text, chat template vs data_prep.sft.encode_chat); a
+(token ids on English and Korean text, chat template vs minimodel.tokenizer.encode_chat); a
 mismatch is a UserError and nothing is written.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
-import tomllib
 from pathlib import Path
 
 import torch
 
-from data_prep.atomic import atomic_dir, write_json
 from minimodel.errors import UserError, cli_entry
+from minimodel.io import atomic_dir, read_json_object, write_json
+from minimodel.loading import check_tokenizer_fits
 from minimodel.model import MiniModel, ModelConfig
 
 LOGITS_TOL = 1e-4
@@ -29,11 +30,15 @@ WEIGHTS = "model.safetensors"
 NATIVE_CONFIG = "minimodel.json"
 
 
-def check_tokenizer_fits(n_tokens: int, vocab_size: int, where: str) -> None:
-    """Every token id must have an embedding row (rows beyond the tokenizer are padding)."""
-    if n_tokens > vocab_size:
-        raise UserError(f"{where}: the tokenizer has {n_tokens} tokens but the model embeds only {vocab_size}; "
-                        "use the tokenizer the model was trained with (or resize the embeddings first)")
+# Hugging Face tokenizer files worth carrying into a model whose vocabulary did not change.
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                      "merges.txt", "generation_config.json", "chat_template.jinja")
+
+
+def copy_tokenizer_files(src: Path, dst: Path) -> None:
+    for name in HF_TOKENIZER_FILES:
+        if (src / name).is_file() and not (dst / name).exists():
+            shutil.copy2(src / name, dst / name)
 
 
 def write_model_files(model: MiniModel, out: Path, eos_ids: list[int] | None = None) -> None:
@@ -42,7 +47,7 @@ def write_model_files(model: MiniModel, out: Path, eos_ids: list[int] | None = N
     from transformers import GenerationConfig
 
     from minimodel.checkpoint import model_tensors
-    from minimodel.hf_config import to_hf_config
+    from minimodel.hf_convert import to_hf_config
 
     tensors = model_tensors(model)
     dtype = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
@@ -115,10 +120,11 @@ def heldout_texts(data_dir: Path, per_file: int = 2) -> dict[str, str]:
 def export_model(model: MiniModel, sp_path: str | Path, out_dir: str | Path,
                  texts: dict[str, str] | None = None) -> tuple[Path, dict]:
     """Write the verified Hugging Face directory for `model` + its sentencepiece tokenizer."""
-    from minimodel.hf_tokenizer import CHAT_TOKENS, load_sp, save_hf_tokenizer
+    from minimodel.hf_tokenizer import save_hf_tokenizer
+    from minimodel.tokenizer import CHAT_TOKENS, load_tokenizer
 
     sp_path, out_dir = Path(sp_path), Path(out_dir)
-    sp = load_sp(sp_path)
+    sp = load_tokenizer(sp_path)
     check_tokenizer_fits(sp.get_piece_size(), model.config.vocab_size, str(sp_path))
     native = fp32_copy(model)
     im_end = sp.piece_to_id(CHAT_TOKENS[1])
@@ -140,17 +146,15 @@ def export_final(model: MiniModel, run_dir: Path, data_dir: Path, manifest: dict
     return final
 
 
-def _run_config(run_dir: Path) -> dict:
-    path = run_dir / "config.toml"
-    if not path.is_file():
-        raise UserError(f"{run_dir} has no config.toml: not a minimodel run directory")
-    return tomllib.loads(path.read_text(encoding="utf-8"))
+def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | None = None) -> Path:
+    """Export a run's final model (or one of its checkpoints) to a verified Hugging Face directory."""
+    from minimodel.config import read_run_config
+    from minimodel.loading import load
+    from minimodel.tokenizer import SPTokenizer
 
-
-def _model_source(run_dir: Path, checkpoint: str | None) -> tuple[Path, ModelConfig, Path | None]:
-    """(weights file, ModelConfig, tokenizer if stored beside the weights) of a run's final or a checkpoint."""
-    from minimodel.config import build_config
-
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run directory not found: {run_dir}")
     if checkpoint is None:
         final = run_dir / "final" if (run_dir / "final").is_dir() else run_dir
         if not (final / NATIVE_CONFIG).is_file() or not (final / WEIGHTS).is_file():
@@ -158,42 +162,41 @@ def _model_source(run_dir: Path, checkpoint: str | None) -> tuple[Path, ModelCon
             hint = f" or export a checkpoint with --checkpoint {ckpts[-1].name}" if ckpts else ""
             raise UserError(f"{run_dir} has no final checkpoint (final/{NATIVE_CONFIG} + final/{WEIGHTS}): "
                             f"the run has not finished; resume it with python -m minimodel.pretrain{hint}")
-        cfg = ModelConfig(**json.loads((final / NATIVE_CONFIG).read_text()))
-        tok = final / "tokenizer.model"
-        return final / WEIGHTS, cfg, tok if tok.is_file() else None
-    from minimodel.checkpoint import verify_checkpoint
-
-    ckpt = Path(checkpoint) if Path(checkpoint).is_dir() else run_dir / "checkpoints" / checkpoint
-    if not ckpt.is_dir():
-        raise UserError(f"checkpoint {checkpoint} not found under {run_dir / 'checkpoints'}")
-    verify_checkpoint(ckpt)
-    raw = {k: v for k, v in _run_config(run_dir).items() if k != "run"}  # [run] is provenance, not config
-    return ckpt / WEIGHTS, build_config(raw).model_config(), None
-
-
-def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | None = None) -> Path:
-    """Export a run's final model (or one of its checkpoints) to a verified Hugging Face directory."""
-    from minimodel.checkpoint import load_model_weights
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"run directory not found: {run_dir}")
-    weights, cfg, tok = _model_source(run_dir, checkpoint)
-    data_dir = None
-    if (run_dir / "config.toml").is_file():
-        data_dir = Path(_run_config(run_dir).get("data", {}).get("path", ""))
-    if tok is None:
+        spec = final
+    else:
+        spec = Path(checkpoint) if Path(checkpoint).is_dir() else run_dir / "checkpoints" / checkpoint
+        if not spec.is_dir():
+            raise UserError(f"checkpoint {checkpoint} not found under {run_dir / 'checkpoints'}")
+    lm = load(spec)  # everything is in memory before out_dir (maybe run_dir/final) is replaced
+    data_dir = Path(read_run_config(run_dir).config.data.path) if (run_dir / "config.toml").is_file() else None
+    if isinstance(lm.tokenizer, SPTokenizer):
+        tok = lm.tokenizer.path
+    else:
         manifest = data_dir / "manifest.json" if data_dir else None
         if manifest is None or not manifest.is_file():
             raise UserError(f"no tokenizer for {run_dir}: neither final/tokenizer.model nor the data set's "
                             f"manifest ({manifest}) exists; prepare the data set again or copy its tokenizer.model")
-        tok = data_dir / json.loads(manifest.read_text())["tokenizer"]["file"]
-    model = MiniModel(cfg)
-    load_model_weights(model, weights)  # everything is in memory before out_dir (maybe run_dir/final) is replaced
+        tok = data_dir / read_json_object(manifest, "prepare the data set again")["tokenizer"]["file"]
     texts = heldout_texts(data_dir) if data_dir and data_dir.is_dir() else {}
-    out, report = export_model(model, tok, out_dir, texts)
+    out, report = export_model(lm.net, tok, out_dir, texts)
     print(json.dumps({"out": str(out), **report}))
     return out
+
+
+def save_native(model: MiniModel, out_dir: str | Path, tokenizer_from: str | Path | None = None) -> Path:
+    """A native model (e.g. imported from a Hugging Face checkpoint) as a HF directory, with the
+    tokenizer files of `tokenizer_from` copied beside it; the reload is checked for logits parity."""
+    native = fp32_copy(model)
+    with atomic_dir(out_dir) as tmp:
+        write_model_files(model, tmp)
+        if tokenizer_from is not None:
+            copy_tokenizer_files(Path(tokenizer_from), tmp)
+            if (Path(tokenizer_from) / "tokenizer.model").is_file():
+                shutil.copyfile(Path(tokenizer_from) / "tokenizer.model", tmp / "tokenizer.model")
+        diff = logits_diff(native, tmp)
+        if not diff < LOGITS_TOL:
+            raise UserError(f"the saved model reloads with other logits (max diff {diff:.3g}); not written")
+    return Path(out_dir)
 
 
 @cli_entry

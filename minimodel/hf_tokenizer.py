@@ -2,7 +2,7 @@
 
 `AutoTokenizer.from_pretrained(dir)` then loads offline and encodes exactly like the
 sentencepiece model: same ids on any text, and `apply_chat_template` gives the ids of
-`data_prep.sft.encode_chat` (BOS + ChatML + EOS, or + `<|im_start|>assistant\\n` when
+`minimodel.tokenizer.encode_chat` (BOS + ChatML + EOS, or + `<|im_start|>assistant\\n` when
 prompting).
 
 Why the pipeline is spelled out here instead of taken from transformers' converters:
@@ -25,11 +25,12 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from data_prep.atomic import write_json
 from minimodel.errors import UserError
+from minimodel.io import write_json
+from minimodel.tokenizer import CHAT_TOKENS, encode_chat, load_tokenizer
 
 SPACE = "▁"
-# ChatML, rendered as data_prep.sft.render_chat does, with BOS before and EOS after a
+# ChatML, rendered as minimodel.tokenizer.render_chat does, with BOS before and EOS after a
 # finished conversation (encode_chat's framing).
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
@@ -38,7 +39,6 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% else %}{{ eos_token }}{% endif %}"
 )
-CHAT_TOKENS = ("<|im_start|>", "<|im_end|>")
 
 # Text used to check a conversion when the caller gives none: both demo languages,
 # digits, whitespace runs, newlines, characters only byte fallback can encode.
@@ -49,16 +49,6 @@ PROBE_TEXTS = {
           "하나님의 신은 수면에 운행하시니라. 2024년 3월 1일",
     "mixed": "Emoji 🙂, 漢字, ünïcödé and <|im_start|>user\nhi<|im_end|>\n end ",
 }
-
-
-def load_sp(path: str | Path) -> spm.SentencePieceProcessor:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"tokenizer not found: {path}; give the sentencepiece .model the model was trained with")
-    try:
-        return spm.SentencePieceProcessor(model_file=str(path))
-    except (RuntimeError, OSError, ValueError) as e:  # a bad protobuf: RuntimeError or UnicodeDecodeError
-        raise UserError(f"{path} is not a sentencepiece model ({(str(e).splitlines() or ['unreadable'])[0]})") from None
 
 
 def _model_proto(sp: spm.SentencePieceProcessor):
@@ -90,7 +80,7 @@ def build_hf_tokenizer(sp_path: str | Path):
     from transformers import PreTrainedTokenizerFast
     from transformers.tokenization_utils_base import generate_merges
 
-    sp = load_sp(sp_path)
+    sp = load_tokenizer(sp_path)
     proto = _model_proto(sp)
     _check_supported(proto, sp_path)
     if not all(isinstance(p.piece, str) for p in proto.pieces):  # protobuf hands back bytes that are not UTF-8
@@ -159,7 +149,7 @@ def verify_tokenizer(hf_tok, sp_path: str | Path, texts: dict[str, str] | None =
     """Compare token ids of the HF tokenizer with sentencepiece on `texts` (name -> text) and
     the chat template with encode_chat; UserError naming the first difference. Returns
     {name: n_tokens} of what was compared."""
-    sp = load_sp(sp_path)
+    sp = load_tokenizer(sp_path)
     checked = {}
     for name, text in {**PROBE_TEXTS, **(texts or {})}.items():
         want = sp.encode(text)
@@ -173,8 +163,6 @@ def verify_tokenizer(hf_tok, sp_path: str | Path, texts: dict[str, str] | None =
             raise UserError(f"exported tokenizer decodes {name} text differently from sentencepiece")
         checked[name] = len(want)
     if hf_tok.chat_template:
-        from data_prep.sft import encode_chat
-
         msgs = [{"role": "system", "content": "Answer briefly."},
                 {"role": "user", "content": "태초에 무엇이 있었나요?"},
                 {"role": "assistant", "content": " In the beginning was the Word."}]
@@ -183,7 +171,7 @@ def verify_tokenizer(hf_tok, sp_path: str | Path, texts: dict[str, str] | None =
             want, _ = encode_chat(sp, conv, add_generation_prompt=prompt)
             got = _ids(hf_tok.apply_chat_template(conv, tokenize=True, add_generation_prompt=prompt))
             if got != want:
-                raise UserError("exported chat template gives other ids than data_prep.sft.encode_chat "
+                raise UserError("exported chat template gives other ids than minimodel.tokenizer.encode_chat "
                                 f"({'prompt' if prompt else 'conversation'}): {got[:12]} vs {want[:12]}")
         checked["chat"] = len(want)
     return checked

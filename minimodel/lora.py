@@ -13,7 +13,12 @@ An adapter directory:
                                                      when embeddings were trained or the vocabulary grew
     tokenizer.model                                  the tokenizer the adapter was trained with
     minimodel_adapter.json                           base, vocabulary, tie, what the files hold
-`load_adapted(dir)` rebuilds base + adapter (unmerged) with the merged model's logits.
+`restore_adapter(lm, dir)` puts it back on its base (minimodel.loading.load does, for every consumer),
+with the merged model's logits.
+
+The unsloth backend (`lora.backend = "unsloth"`, GPU only) wraps the same way through its
+FastLanguageModel (its LoRA kernels, gradient checkpointing, an optional 4-bit base): see
+`apply_unsloth_lora`. Its embedding learning rate is minimodel's own optimizer group.
 """
 from __future__ import annotations
 
@@ -25,11 +30,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from data_prep.atomic import atomic_dir, write_text
-from minimodel.bases import CausalLM, load_base
+from minimodel.loading import CausalLM
 from minimodel.errors import UserError
-from minimodel.jsonfile import read_json_object
+from minimodel.io import atomic_dir, read_json_object, write_text
 from minimodel.model import MiniModel
+from minimodel.tokenizer import SPTokenizer
 
 ADAPTER_META = "minimodel_adapter.json"
 EMBED_FILE = "embeddings.safetensors"
@@ -75,6 +80,24 @@ def apply_lora(lm: CausalLM, rank: int, alpha: float, dropout: float, targets: l
                           task_type="CAUSAL_LM" if lm.kind == "hf" else None)
     lm.net = peft.get_peft_model(lm.net, cfg)
     unfreeze_embeddings(lm.core(), train_embeddings)
+    return lm
+
+
+def apply_unsloth_lora(lm: CausalLM, lc, seed: int) -> CausalLM:
+    """unsloth's get_peft_model on a base loaded with backend="unsloth" (`lc` a config.LoraConfig)."""
+    from unsloth import FastLanguageModel  # importable: loading checked it when it loaded the base
+
+    check_targets(lm.core(), lc.target_modules)
+    lm.net = FastLanguageModel.get_peft_model(
+        lm.net, r=lc.rank, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=list(lc.target_modules),
+        use_rslora=lc.rslora, bias="none", use_gradient_checkpointing="unsloth", random_state=seed)
+    unfreeze_embeddings(lm.core(), lc.train_embeddings)
+    # A 4-bit/16-bit load leaves the embeddings in bf16, where an update of lr 1e-5 rounds away:
+    # trainable tensors are kept in fp32 (in place, so a tied pair stays one Parameter).
+    for p in lm.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    lm.refresh_config()
     return lm
 
 
@@ -124,26 +147,23 @@ def merge(lm: CausalLM) -> nn.Module:
     return lm.core()
 
 
-def load_adapted(adapter_dir: str | Path, base_source: str | None = None) -> CausalLM:
-    """Base + adapter for evaluation, unmerged (eval mode, frozen)."""
-    from minimodel.bases import config_from_hf
+def restore_adapter(lm: CausalLM, adapter_dir: Path, meta: dict | None) -> CausalLM:
+    """Put an adapter directory on its loaded base (in place): the vocabulary grown as in training,
+    the trained embeddings restored, then peft's LoRA factors (unmerged). minimodel.loading calls
+    this for every adapter, so evaluation, export and the stages see the same model. `meta` is
+    adapter_meta(adapter_dir): None for a plain peft adapter (LoRA factors only)."""
     from minimodel.checkpoint import read_safetensors
     from minimodel.vocab_resize import resize_vocab
 
     adapter_dir = Path(adapter_dir)
-    meta_path = adapter_dir / ADAPTER_META
-    if not meta_path.is_file():
-        raise UserError(f"{adapter_dir} has no {ADAPTER_META}: not an adapter written by minimodel.cpt/sft")
-    meta = read_adapter_meta(meta_path, need_base=base_source is None)
-    base = load_base(base_source or meta["base"], meta.get("trust_remote_code", False))
-    core = base.lm.core()
-    if meta["vocab_size"] > base.lm.config.vocab_size:
-        if base.tokenizer is None:
-            raise UserError(f"base {base.source} has no tokenizer.model to resize its vocabulary with")
-        resize_vocab(core, base.tokenizer, adapter_dir / "tokenizer.model")
-        if base.lm.kind == "hf":
-            base.lm.config = config_from_hf(core.config)
-    if meta["embeddings"]:
+    core = lm.core()
+    if meta is not None and meta["vocab_size"] > lm.config.vocab_size:
+        if not isinstance(lm.tokenizer, SPTokenizer):
+            raise UserError(f"base {lm.source.spec if lm.source else ''} has no tokenizer.model to resize its "
+                            "vocabulary with")
+        resize_vocab(core, lm.tokenizer.path, adapter_dir / "tokenizer.model")
+        lm.refresh_config()
+    if meta is not None and meta["embeddings"]:
         tensors = read_safetensors(adapter_dir / EMBED_FILE)
         with torch.no_grad():
             for name, w in embedding_weights(core).items():
@@ -151,16 +171,16 @@ def load_adapted(adapter_dir: str | Path, base_source: str | None = None) -> Cau
                     raise UserError(f"{adapter_dir / EMBED_FILE}: {name} missing or of another shape: "
                                     "the adapter was trained on another base")
                 w.copy_(tensors[name])
-    lm = base.lm
     lm.net = load_peft(lm.net, adapter_dir)
-    lm.eval()
-    for p in lm.parameters():
-        p.requires_grad_(False)
     return lm
 
 
-def read_adapter_meta(path: Path, need_base: bool = True) -> dict:
-    """minimodel_adapter.json, its fields checked (they pick the base and how to resize it)."""
+def adapter_meta(adapter_dir: Path, need_base: bool = False) -> dict | None:
+    """minimodel_adapter.json, its fields checked (they pick the base and how to resize it); None
+    for an adapter written by peft alone."""
+    path = Path(adapter_dir) / ADAPTER_META
+    if not path.is_file():
+        return None
     meta = read_json_object(path, "copy the adapter directory again")
     checks = {"vocab_size": lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
               "embeddings": lambda v: isinstance(v, bool)}
@@ -176,7 +196,9 @@ def read_adapter_meta(path: Path, need_base: bool = True) -> dict:
 
 def load_peft(net: nn.Module, adapter_dir: Path) -> nn.Module:
     """peft.PeftModel.from_pretrained with a damaged adapter_config.json or adapter weights reported as a
-    UserError naming the directory (peft raises TypeError, ValueError, KeyError or a safetensors error)."""
+    UserError naming the directory. peft uses the config's fields without checking their types, so a
+    wrong type surfaces as AttributeError, TypeError or IndexError; a bad value as ValueError or KeyError; a cut
+    weights file as OSError or safetensors' own error; factors of another shape as RuntimeError."""
     import peft
     from safetensors import SafetensorError
 
@@ -188,7 +210,7 @@ def load_peft(net: nn.Module, adapter_dir: Path) -> nn.Module:
             model = peft.PeftModel.from_pretrained(net, str(adapter_dir))
     except torch.OutOfMemoryError:
         raise
-    except (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError, RuntimeError, ImportError,
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError, RuntimeError,
             SafetensorError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise UserError(f"cannot load the adapter in {adapter_dir}: {type(e).__name__}: {first}; "

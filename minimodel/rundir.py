@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from minimodel.errors import UserError
+from minimodel.io import read_toml
 
 # Keys that may change between a run and its resumption without changing the result's meaning.
 # The fault-handling keys are here so a run stopped on a NaN can resume with on_nonfinite=skip.
@@ -49,12 +50,10 @@ def device_description(device: torch.device) -> str:
 
 def check_same_run(run_dir: Path, resolved: dict) -> None:
     """A run directory holds one experiment: refuse to resume it under another config."""
-    import tomllib
-
     path = run_dir / "config.toml"
     if not path.is_file():
         return
-    old = tomllib.loads(path.read_text(encoding="utf-8"))
+    old = read_toml(path, "use another train.out_dir or delete the old run")
     old.pop("run", None)
     diffs = [f"{s}.{k}: {old.get(s, {}).get(k)!r} -> {v!r}"
              for s, values in resolved.items() for k, v in values.items()

@@ -17,26 +17,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from minimodel.config import StageConfig, load_config, parse_stage_args
-from minimodel.data import TokenShards, check_tokenizer
-from minimodel.distributed import cleanup, init_distributed
-from minimodel.errors import UserError, cli_entry
-from minimodel.stage import run_stage, set_name
+from minimodel.config import StageConfig
+from minimodel.data import StageData, TokenShards, TrainStream, check_tokenizer, load_sft_split
+from minimodel.distributed import DistInfo
+from minimodel.errors import UserError
+from minimodel.stage import Built, adapter_model, set_name, stage_entry
 
-SFT_FORMAT = "minimodel-sft-v1"
 IGNORE = -100
 
 
 class SFTExamples:
     """One example per row, right-padded to seq_len+1 tokens (longer ones truncated). Targets are
     the next tokens where the mask marks assistant text, -100 elsewhere (prompt, padding).
-    The interface of TokenShards (n_windows, batch, window), so TrainStream and evaluate take it."""
+    A data.Windows like TokenShards, so TrainStream and evaluate take it."""
 
     def __init__(self, set_dir: str | Path, split: str, seq_len: int):
-        from data_prep.sft import load_sft_split
-
         self.data_dir = Path(set_dir)
-        # the manifest's structure, the split's files and their agreement are checked in data_prep
+        # the manifest's structure, the split's files and their agreement are checked by load_sft_split
         self.manifest, self.ids, self.mask, self.index = load_sft_split(self.data_dir, split)
         check_tokenizer(self.data_dir, self.manifest)
         self.info = self.manifest["splits"][split]
@@ -46,7 +43,7 @@ class SFTExamples:
             raise UserError(f"split {split!r} of {self.data_dir} holds no examples")
         self.truncated = int(np.sum(np.diff(self.index) > seq_len + 1))
 
-    def check_vocab(self, vocab_size: int) -> None:
+    def check_vocab(self, vocab_size: int, fix: str | None = None) -> None:
         top = int(self.ids.max(initial=0))
         if top >= vocab_size:
             raise UserError(f"{self.data_dir} holds token id {top} >= the model's {vocab_size} rows: "
@@ -69,43 +66,32 @@ class SFTExamples:
         return ids[:, :-1].contiguous(), y.contiguous()
 
 
-def run(cfg: StageConfig) -> dict:
-    from minimodel.data import TrainStream
+class InstructionSFT:
+    name = "sft"
 
-    dist = init_distributed(cfg.train.device)
-    try:
+    def data(self, cfg: StageConfig, dist: DistInfo) -> StageData:
         data_dir = Path(cfg.data.path)
-        train_data = SFTExamples(data_dir, cfg.data.train_split, cfg.data.seq_len)
-        val_data = SFTExamples(data_dir, cfg.data.val_split, cfg.data.seq_len)
-        if dist.is_main and train_data.truncated:
-            print(f"note: {train_data.truncated} training examples are longer than data.seq_len+1 and are "
+        train = SFTExamples(data_dir, cfg.data.train_split, cfg.data.seq_len)
+        val = SFTExamples(data_dir, cfg.data.val_split, cfg.data.seq_len)
+        if dist.is_main and train.truncated:
+            print(f"note: {train.truncated} training examples are longer than data.seq_len+1 and are "
                   "truncated; raise data.seq_len to keep them whole", file=sys.stderr)
         taken, extra_val = {"sft"}, {}
         for extra in cfg.eval.sets:
             shards = TokenShards(extra, "val", cfg.data.seq_len)
-            if shards.manifest["tokenizer"]["sha256"] != train_data.manifest["tokenizer"]["sha256"]:
+            if shards.manifest["tokenizer"]["sha256"] != train.manifest["tokenizer"]["sha256"]:
                 raise UserError(f"eval set {extra} was tokenised with another tokenizer than the SFT set {data_dir}")
             extra_val[set_name(Path(extra), taken)] = shards
+        return StageData(train, val, data_dir / train.manifest["tokenizer"]["file"],
+                         lambda position: TrainStream(train, cfg.train.seed, dist.rank, dist.world_size, position),
+                         extra_val, "sft")
 
-        def make_stream(position: int):
-            return TrainStream(train_data, cfg.train.seed, dist.rank, dist.world_size, position)
-
-        return run_stage(cfg, dist, "sft", train_data, val_data, data_dir, make_stream=make_stream,
-                         extra_val=extra_val, val_name="sft")
-    finally:
-        cleanup(dist)
+    def model(self, cfg: StageConfig, data: StageData) -> Built:
+        return adapter_model(cfg, data, self.name)
 
 
-def parse_args(argv):
-    return parse_stage_args(argv, "python -m minimodel.sft", __doc__, "recipes/configs/sft_*.toml",
-                            "lora.enabled=false optim.name=muon")
-
-
-@cli_entry
-def main(argv=None) -> dict:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    return run(load_config(args.config, args.overrides, cls=StageConfig))
-
+run, main = stage_entry(InstructionSFT(), StageConfig, __doc__, "recipes/configs/sft_*.toml",
+                        "lora.enabled=false optim.name=muon")
 
 if __name__ == "__main__":
     main()

@@ -1,71 +1,177 @@
-"""What continued pretraining (cpt.py) and SFT (sft.py) share: load the base, check its tokenizer
-against the data, grow the vocabulary, wrap LoRA (or unfreeze all for full fine-tuning), train
-with the shared loop, then write the adapter and the merged Hugging Face directory.
+"""The one stage lifecycle. Pretraining (pretrain.py), continued pretraining (cpt.py) and SFT
+(sft.py) differ only in how they build their data and their model (a `Stage`); the rest is
+written once, here: the same-run check, seeding, optimizers, the preflight, config.toml with
+provenance, the tracker, the shared training loop (trainer.py), the final export, the summary.
 
-Run directory: config.toml, metrics.jsonl, checkpoints/step_N/ (trainable tensors only: the
-base is reloaded from its source on resume), adapter/ (LoRA runs), final/ (merged model:
-config.json + model.safetensors + tokenizer.model; minimodel.json too for a native base, so a
-stage's result is the next stage's base).
+Run directory: config.toml (resolved config + [run] provenance), metrics.jsonl,
+checkpoints/step_N/ (adapter stages: trainable tensors only; the base is reloaded from its
+source on resume), final/ (Hugging Face format; minimodel.json too for a native model, so a
+stage's result is the next stage's base) and, for LoRA stages, adapter/.
 """
 from __future__ import annotations
 
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Protocol
 
 import torch
 import torch.nn as nn
 
-from data_prep.atomic import atomic_dir, write_text
-from minimodel.bases import Base, config_from_hf, load_base, tokenizer_relation
-from minimodel.config import StageConfig, dump_toml
-from minimodel.data import TokenShards, read_manifest, token_byte_lengths
-from minimodel.distributed import DistInfo, barrier
-from minimodel.errors import UserError
-from minimodel.lora import TrainableView, apply_lora, full_finetune, merge, save_adapter
+from minimodel.config import StageConfig, dump_toml, load_config
+from minimodel.data import StageData, read_manifest, token_byte_lengths
+from minimodel.distributed import DistInfo, barrier, cleanup, init_distributed
+from minimodel.errors import UserError, cli_entry
+from minimodel.io import atomic_dir, write_text
 from minimodel.optim import build_optimizers
 from minimodel.rundir import check_same_run, command_line, device_description, git_commit
 from minimodel.tracking import Tracker
-from minimodel.trainer import preflight, train
-
-# HF tokenizer files worth carrying into a merged model whose vocabulary did not change.
-HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-                      "merges.txt", "generation_config.json", "chat_template.jinja")
+from minimodel.trainer import Job, preflight, train
 
 
-def load_for_stage(cfg: StageConfig, data_tok: Path) -> tuple[Base, dict]:
-    """The base, resized to the data's tokenizer when it was extended, wrapped for training."""
+@dataclass
+class Built:
+    """What a stage trains and how it ends."""
+    model: nn.Module                    # forward(ids, targets, reduction=...) -> loss
+    trained: nn.Module                  # what checkpoints hold (the model, or its trainable tensors)
+    info: dict                          # recorded in config.toml's [run]
+    summary: str                        # the run's first log line
+    finish: Callable[[Path], dict]      # writes final/ (and adapter/) once every step is done
+    embed_lr: float | None = None       # embeddings' own learning rate (adapter stages)
+    vocab_fix: str | None = None        # what to say when the data's ids exceed the model's rows
+
+
+class Stage(Protocol):
+    name: str                           # "pretrain" | "cpt" | "sft": config.toml's [run] stage
+
+    def data(self, cfg, dist: DistInfo) -> StageData: ...
+    def model(self, cfg, data: StageData) -> Built: ...
+
+
+def stage_entry(stage: Stage, config_class, doc: str, configs: str, example: str):
+    """`run(cfg)` and `main(argv)` of a stage module: python -m minimodel.<stage> --config FILE key=value ..."""
+    def run(cfg) -> dict:
+        return run_stage(stage, cfg)
+
+    @cli_entry
+    def main(argv=None) -> dict:
+        args = parse_stage_args(sys.argv[1:] if argv is None else argv, f"python -m minimodel.{stage.name}", doc,
+                                configs, example)
+        return run(load_config(args.config, args.overrides, cls=config_class))
+
+    return run, main
+
+
+def parse_stage_args(argv, prog: str, doc: str, configs: str, example: str):
+    """`--config FILE` and `section.key=value` overrides: the command line every training stage takes."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", help=f"TOML config ({configs})")
+    ap.add_argument("overrides", nargs="*", help=f"section.key=value, e.g. {example}")
+    return ap.parse_args(argv)
+
+
+
+def run_stage(stage: Stage, cfg) -> dict:
+    """Build, train (resuming from the last good checkpoint) and export."""
+    dist = init_distributed(cfg.train.device)
+    try:
+        data = stage.data(cfg, dist)
+        run_dir = Path(cfg.train.out_dir)
+        resolved = cfg.to_dict()
+        check_same_run(run_dir, resolved)
+        torch.manual_seed(cfg.train.seed)  # identical init (model, LoRA factors) on every rank
+        built = stage.model(cfg, data)
+        model = built.model.to(dist.device)
+        vocab = model.config.vocab_size
+        for windows in data.all_sets():
+            windows.check_vocab(vocab, built.vocab_fix)
+        optimizers = build_optimizers(model, cfg.optim, embed_lr=built.embed_lr)
+        if dist.is_main:
+            preflight(run_dir, built.trained, n_optim_states=2)
+            write_text(run_dir / "config.toml", dump_toml({**resolved, "run": {
+                "stage": stage.name, "commit": git_commit(), "command": command_line(),
+                "world_size": dist.world_size, "device": device_description(dist.device), **built.info}}))
+        barrier(dist)
+        tracker = Tracker(run_dir, resolved, enabled=dist.is_main, use_wandb=cfg.tracking.wandb,
+                          project=cfg.tracking.project, run_name=cfg.tracking.run_name,
+                          total_steps=cfg.train.steps, progress=cfg.train.progress)
+        if dist.is_main:
+            tracker.write(f"{built.summary}, world size {dist.world_size}, device {dist.device.type}")
+        state = train(Job(model, optimizers, cfg, dist, run_dir, data, tracker,
+                          token_byte_lengths(data.tokenizer, vocab), built.trained))
+        tracker.close()
+        out = {"step": state.step, "tokens": state.tokens, "run_dir": str(run_dir), "model": model,
+               "info": built.info}
+        if dist.is_main and state.step >= cfg.train.steps:
+            model.eval()
+            out.update(built.finish(run_dir))
+            print(f"done: {state.step} steps, {state.tokens} tokens; "
+                  + ", ".join(f"{k} in {v}" for k, v in out.items() if k in ("final", "adapter")), file=sys.stderr)
+        barrier(dist)
+        return out
+    finally:
+        cleanup(dist)
+
+
+# ---------------------------------------------------------------- stages on a base (CPT, SFT)
+
+def adapter_model(cfg: StageConfig, data: StageData, stage: str) -> Built:
+    """The base (resized when the data's tokenizer extends it), wrapped in LoRA or unfrozen whole."""
+    from minimodel.loading import load
+    from minimodel.lora import TrainableView, apply_lora, apply_unsloth_lora, full_finetune
+    from minimodel.tokenizer import tokenizer_relation
+
     lc = cfg.lora
-    if lc.backend == "unsloth":
-        from minimodel import unsloth_backend
-
-        base = unsloth_backend.load_base(cfg.base.path, cfg.data.seq_len, lc.load_in_4bit,
-                                         cfg.base.trust_remote_code)
-    else:
-        base = load_base(cfg.base.path, cfg.base.trust_remote_code)
-    info = {"base": cfg.base.path, "base_kind": base.lm.kind,
-            "tokenizer": tokenizer_relation(base.tokenizer, data_tok, cfg.base.path)}
-    if base.lm.config.max_seq_len < cfg.data.seq_len:
+    lm = load(cfg.base.path, trust_remote_code=cfg.base.trust_remote_code, backend=(
+        "unsloth" if lc.backend == "unsloth" else "transformers"), max_seq_len=cfg.data.seq_len,
+        load_in_4bit=lc.load_in_4bit)
+    base_tokenizer = lm.tokenizer
+    info = {"base": cfg.base.path, "base_kind": lm.kind,
+            "tokenizer": tokenizer_relation(base_tokenizer, data.tokenizer, cfg.base.path)}
+    if lm.config.max_seq_len < cfg.data.seq_len:
         raise UserError(f"data.seq_len={cfg.data.seq_len} exceeds the base's context of "
-                        f"{base.lm.config.max_seq_len} tokens; lower data.seq_len")
-    if info["tokenizer"] == "extended":
+                        f"{lm.config.max_seq_len} tokens; lower data.seq_len")
+    extended = info["tokenizer"] == "extended"
+    if extended:
         from minimodel.vocab_resize import resize_vocab
 
-        resized = resize_vocab(base.lm.core(), base.tokenizer, data_tok)
-        if base.lm.kind == "hf":
-            base.lm.config = config_from_hf(base.lm.core().config)
+        resized = resize_vocab(lm.core(), base_tokenizer.path, data.tokenizer)
+        lm.refresh_config()
         info.update({f"vocab_{k}": v for k, v in resized.items()})
     if not lc.enabled:
-        full_finetune(base.lm)
+        full_finetune(lm)
     elif lc.backend == "unsloth":
-        from minimodel import unsloth_backend
-
-        unsloth_backend.apply_lora(base.lm, lc, cfg.train.seed)
+        apply_unsloth_lora(lm, lc, cfg.train.seed)
     else:
-        apply_lora(base.lm, lc.rank, lc.alpha, lc.dropout, lc.target_modules, lc.rslora, lc.train_embeddings)
-    info["trainable_params"] = sum(p.numel() for p in TrainableView(base.lm).parameters())
-    info["params"] = base.lm.num_params()
-    return base, info
+        apply_lora(lm, lc.rank, lc.alpha, lc.dropout, lc.target_modules, lc.rslora, lc.train_embeddings)
+    view = TrainableView(lm)
+    info["trainable_params"] = sum(p.numel() for p in view.parameters())
+    info["params"] = lm.num_params()
+    embed_lr = cfg.optim.lr * lc.embedding_lr_mult
+    how = f"LoRA r={lc.rank} ({lc.backend})" if lc.enabled else "full fine-tuning"
+    summary = (f"{stage}: base {cfg.base.path} ({lm.kind}, {info['params'] / 1e6:.2f}M params, "
+               f"tokenizer {info['tokenizer']}), {how}, {info['trainable_params'] / 1e6:.3f}M trainable, "
+               f"lr {cfg.optim.lr:g} / embeddings {embed_lr:g}, {cfg.train.steps} steps")
+
+    def finish(run_dir: Path) -> dict:
+        from minimodel.lora import merge, save_adapter
+
+        out = {}
+        if lc.enabled:
+            save_adapter(lm, run_dir / "adapter", data.tokenizer,
+                         {"base": cfg.base.path, "trust_remote_code": cfg.base.trust_remote_code, "stage": stage,
+                          "backend": lc.backend}, save_embeddings=lc.train_embeddings or extended)
+            out["adapter"] = str(run_dir / "adapter")
+        source_dir = lm.source.path if lm.source else None
+        out["final"] = str(save_merged(merge(lm), lm.kind, run_dir / "final", data.tokenizer,
+                                       None if extended else source_dir))
+        return out
+
+    return Built(lm, view, info, summary, finish, embed_lr=embed_lr,
+                 vocab_fix="the data and the base disagree on the tokenizer")
 
 
 def check_same_tokenizer(data_dir: Path, other: Path, what: str) -> None:
@@ -89,78 +195,17 @@ def set_name(data_dir: Path, taken: set) -> str:
     return name
 
 
-def save_merged(core: nn.Module, kind: str, out_dir: Path, tokenizer: Path, base: Base | None,
-                vocab_changed: bool) -> Path:
+def save_merged(core: nn.Module, kind: str, out_dir: Path, tokenizer: Path, tokenizer_files_from: Path | None) -> Path:
     """A Hugging Face directory of the merged model, written atomically. A native model goes
-    through minimodel.export (verified reload, HF tokenizer files, minimodel.json)."""
-    if kind == "minimodel":
-        from minimodel.export import export_model
+    through minimodel.export (verified reload, HF tokenizer files, minimodel.json); a transformers
+    model keeps its base's tokenizer files when the vocabulary did not change."""
+    from minimodel.export import copy_tokenizer_files, export_model
 
+    if kind == "native":
         return export_model(core, tokenizer, out_dir)[0]
     with atomic_dir(Path(out_dir)) as tmp:
         core.save_pretrained(str(tmp))
-        if not vocab_changed and base is not None and base.weights_dir is not None:
-            for name in HF_TOKENIZER_FILES:
-                if (base.weights_dir / name).is_file() and not (tmp / name).exists():
-                    shutil.copy2(base.weights_dir / name, tmp / name)
+        if tokenizer_files_from is not None:
+            copy_tokenizer_files(tokenizer_files_from, tmp)
         shutil.copy2(tokenizer, tmp / "tokenizer.model")
     return Path(out_dir)
-
-
-def run_stage(cfg: StageConfig, dist: DistInfo, stage: str, train_data, val_data, data_dir: Path,
-              make_stream=None, extra_val: dict | None = None, val_name: str | None = None) -> dict:
-    """Build, train and export; `train_data`/`val_data` follow TokenShards' interface."""
-    data_tok = data_dir / train_data.manifest["tokenizer"]["file"]
-    run_dir = Path(cfg.train.out_dir)
-    resolved = cfg.to_dict()
-    check_same_run(run_dir, resolved)
-    torch.manual_seed(cfg.train.seed)  # identical LoRA init on every rank
-    base, info = load_for_stage(cfg, data_tok)
-    lm = base.lm.to(dist.device)
-    vocab = lm.config.vocab_size
-    for shards in [train_data, val_data, *(extra_val or {}).values()]:
-        shards.check_vocab(vocab) if hasattr(shards, "check_vocab") else _check_ids(shards, vocab)
-    embed_lr = cfg.optim.lr * cfg.lora.embedding_lr_mult
-    optimizers = build_optimizers(lm, cfg.optim, embed_lr=embed_lr)
-    view = TrainableView(lm)
-    if dist.is_main:
-        preflight(run_dir, view, n_optim_states=2)
-        write_text(run_dir / "config.toml", dump_toml({**resolved, "run": {
-            "stage": stage, "commit": git_commit(), "command": command_line(),
-            "world_size": dist.world_size, "device": device_description(dist.device), **info}}))
-    barrier(dist)
-    token_bytes = token_byte_lengths(data_tok, vocab)
-    tracker = Tracker(run_dir, resolved, enabled=dist.is_main, use_wandb=cfg.tracking.wandb,
-                      project=cfg.tracking.project, run_name=cfg.tracking.run_name,
-                      total_steps=cfg.train.steps, progress=cfg.train.progress)
-    if dist.is_main:
-        how = (f"LoRA r={cfg.lora.rank} ({cfg.lora.backend})" if cfg.lora.enabled else "full fine-tuning")
-        tracker.write(f"{stage}: base {cfg.base.path} ({info['base_kind']}, {info['params'] / 1e6:.2f}M params, "
-                      f"tokenizer {info['tokenizer']}), {how}, {info['trainable_params'] / 1e6:.3f}M trainable, "
-                      f"lr {cfg.optim.lr:g} / embeddings {embed_lr:g}, {cfg.train.steps} steps")
-    state = train(lm, optimizers, cfg, dist, run_dir, train_data, val_data, tracker, token_bytes,
-                  make_stream=make_stream, ckpt_model=view, extra_val=extra_val, val_name=val_name)
-    tracker.close()
-    out = {"step": state.step, "tokens": state.tokens, "run_dir": str(run_dir), "model": lm, "info": info}
-    if dist.is_main and state.step >= cfg.train.steps:
-        lm.eval()
-        if cfg.lora.enabled:
-            save_adapter(lm, run_dir / "adapter", data_tok,
-                         {"base": cfg.base.path, "trust_remote_code": cfg.base.trust_remote_code, "stage": stage,
-                          "backend": cfg.lora.backend}, save_embeddings=cfg.lora.train_embeddings
-                         or info["tokenizer"] == "extended")
-            out["adapter"] = str(run_dir / "adapter")
-        core = merge(lm)
-        final = save_merged(core, lm.kind, run_dir / "final", data_tok, base, info["tokenizer"] == "extended")
-        out["final"] = str(final)
-        print(f"done: {state.step} steps, {state.tokens} tokens; merged model in {final}"
-              + (f", adapter in {run_dir / 'adapter'}" if cfg.lora.enabled else ""), file=sys.stderr)
-    barrier(dist)
-    return out
-
-
-def _check_ids(shards: TokenShards, vocab: int) -> None:
-    if shards.manifest["vocab_size"] > vocab:
-        raise UserError(f"{shards.data_dir} uses a tokenizer of {shards.manifest['vocab_size']} tokens but the "
-                        f"base has {vocab} rows: the data and the base disagree on the tokenizer")
-    shards._check_ids(vocab)

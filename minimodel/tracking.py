@@ -48,7 +48,7 @@ class Tracker:
         a kill mid-write, so metrics.jsonl holds each step once, in order."""
         if not self.enabled:
             return
-        from data_prep.atomic import write_text
+        from minimodel.io import write_text
 
         self.file.close()
         kept = []

@@ -15,8 +15,8 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from minimodel.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from minimodel.config import RunConfig
-from minimodel.data import TokenShards, TrainStream, val_window_ids
+from minimodel.config import Config
+from minimodel.data import StageData, Windows, val_window_ids
 from minimodel.distributed import DistInfo, all_reduce_sum, barrier
 from minimodel.errors import UserError
 from minimodel.flops import device_peak_flops, flops_per_token
@@ -53,7 +53,7 @@ def preflight(out_dir: Path, model: nn.Module, n_optim_states: int) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, val: TokenShards, cfg: RunConfig, dist: DistInfo,
+def evaluate(model: nn.Module, val: Windows, cfg: Config, dist: DistInfo,
              token_bytes: torch.Tensor | None) -> dict:
     """Mean validation loss (nats/token) and bits per byte over a fixed set of windows.
     Targets of -100 (SFT prompt tokens, padding) count neither as tokens nor as bytes."""
@@ -81,7 +81,7 @@ def evaluate(model: nn.Module, val: TokenShards, cfg: RunConfig, dist: DistInfo,
 
 
 @torch.no_grad()
-def max_attention_logit(model: nn.Module, x: torch.Tensor, cfg: RunConfig, device: torch.device) -> float:
+def max_attention_logit(model: nn.Module, x: torch.Tensor, cfg: Config, device: torch.device) -> float:
     attn = model.attention_modules()
     if not attn:  # a transformers base exposes no hook for this diagnostic
         return float("nan")
@@ -105,16 +105,26 @@ class TrainState:
     extra: dict = field(default_factory=dict)
 
 
-def train(model: nn.Module, optimizers: list, cfg: RunConfig, dist: DistInfo, run_dir: Path,
-          train_data: TokenShards, val_data: TokenShards, tracker: Tracker,
-          token_bytes: torch.Tensor | None, *, make_stream=None, ckpt_model: nn.Module | None = None,
-          extra_val: dict | None = None, val_name: str | None = None) -> TrainState:
-    """`make_stream(position)` replaces the training stream (replay mixes, SFT examples);
-    `ckpt_model` is what checkpoints hold (adapter stages: the trainable tensors only);
-    `extra_val` {name: shards} are evaluated beside val_data and logged as val_bpb_<name>,
-    and val_data's metrics are also logged as val_bpb_<val_name> when given."""
+@dataclass
+class Job:
+    """One training run as the loop sees it (built by stage.run_stage)."""
+    model: nn.Module                 # forward(ids, targets, reduction=...) -> loss
+    optimizers: list
+    cfg: Config                      # the stage's config (RunConfig, StageConfig, CptConfig)
+    dist: DistInfo
+    run_dir: Path
+    data: StageData
+    tracker: Tracker
+    token_bytes: torch.Tensor | None  # UTF-8 bytes per token id, for bits per byte
+    ckpt_model: nn.Module            # what checkpoints hold (adapter stages: the trainable tensors only)
+
+
+def train(job: Job) -> TrainState:
+    """Train `job.model` to cfg.train.steps, resuming from the run's last good checkpoint."""
+    model, optimizers, cfg, dist, run_dir = job.model, job.optimizers, job.cfg, job.dist, job.run_dir
+    tracker, token_bytes, ckpt_model, data = job.tracker, job.token_bytes, job.ckpt_model, job.data
+    val_data, val_name = data.val, data.val_name
     tc = cfg.train
-    ckpt_model = model if ckpt_model is None else ckpt_model
     ckpt_root = run_dir / "checkpoints"
     state = TrainState()
     spikes = SpikeDetector(tc.spike_sigma)
@@ -129,10 +139,7 @@ def train(model: nn.Module, optimizers: list, cfg: RunConfig, dist: DistInfo, ru
             spikes.load_state_dict(meta["spike_detector"])
         tracker.write(f"resumed from {path} (step {state.step})")
     tracker.rewind(state.step if found is not None else -1)  # rows of steps about to be redone go
-    if make_stream is None:
-        stream = TrainStream(train_data, cfg.train.seed, dist.rank, dist.world_size, state.position)
-    else:
-        stream = make_stream(state.position)
+    stream = data.stream(state.position)
 
     net: nn.Module = model
     if dist.enabled:
@@ -170,7 +177,7 @@ def train(model: nn.Module, optimizers: list, cfg: RunConfig, dist: DistInfo, ru
         metrics = evaluate(model, val_data, cfg, dist, token_bytes)
         if val_name:
             metrics.update({f"val_loss_{val_name}": metrics["val_loss"], f"val_bpb_{val_name}": metrics["val_bpb"]})
-        for name, shards in (extra_val or {}).items():
+        for name, shards in data.extra_val.items():
             m = evaluate(model, shards, cfg, dist, token_bytes)
             metrics.update({f"val_loss_{name}": m["val_loss"], f"val_bpb_{name}": m["val_bpb"]})
         return metrics

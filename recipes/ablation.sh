@@ -28,13 +28,13 @@ args=(--preset "$PRESET" --out "$OUT" "data.path=$DATA")
 [ -n "${SEEDS:-}" ] && args+=(--seeds "$SEEDS")
 
 if [ "${PLAN:-0}" = "1" ]; then  # runs, memory, time and cost from scripts.plan; trains nothing
-    exec "$PY" -m minimodel.ablation "${args[@]}" --plan --gpu "${GPU:-4090}" --n "$NPROC"
+    exec "$PY" -m scripts.ablation "${args[@]}" --plan --gpu "${GPU:-4090}" --n "$NPROC"
 fi
 echo "==> ablation preset=$PRESET data=$DATA out=$OUT nproc=$NPROC"
 if [ "$NPROC" -gt 1 ]; then
-    "$PY" -m torch.distributed.run --standalone --nproc_per_node="$NPROC" -m minimodel.ablation "${args[@]}"
+    "$PY" -m torch.distributed.run --standalone --nproc_per_node="$NPROC" -m scripts.ablation "${args[@]}"
 else
-    "$PY" -m minimodel.ablation "${args[@]}"
+    "$PY" -m scripts.ablation "${args[@]}"
 fi
 echo
 cat "$OUT/ablation.md"

@@ -28,7 +28,7 @@ if [ ! -f "$KO_RAW" ]; then
     "$PY" - "$KO_RAW" "$KO_DOCS" <<'PY'
 import itertools, json, sys
 from datasets import load_dataset
-from data_prep.atomic import write_text
+from minimodel.io import write_text
 rows = load_dataset("wikimedia/wikipedia", "20231101.ko", split="train", streaming=True)
 lines = (json.dumps({"id": r["id"], "text": r["text"]}, ensure_ascii=False) for r in rows)
 write_text(sys.argv[1], "\n".join(itertools.islice(lines, int(sys.argv[2]))) + "\n")

@@ -46,7 +46,7 @@ def full_bpb(lm, set_dir: Path, seq_len: int) -> float:
 
 
 def main(argv=None):
-    from minimodel.bases import load_base
+    from minimodel.loading import load
     from minimodel.config import CptConfig, load_config
     from minimodel.cpt import run as cpt
     from minimodel.pretrain import run as pretrain
@@ -73,7 +73,7 @@ def main(argv=None):
         pretrain(load_config("recipes/configs/core_tiny.toml", [
             "model.vocab_size=4096", f"data.path={data / 'demo_en_base'}", f"train.out_dir={core}",
             f"train.steps={a.core_steps}", "train.progress=false"]))
-    base = load_base(str(core)).lm
+    base = load(str(core))
     results = {"machine": f"2-core CPU dev box ({platform.processor() or platform.machine()}), torch "
                           f"{torch.__version__}", "base": str(core),
                "base_en_bpb": full_bpb(base, data / "demo_en_base", a.seq_len),

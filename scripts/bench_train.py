@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from minimodel.config import OptimConfig
 from minimodel.flops import device_peak_flops, flops_per_token
-from minimodel.hf_config import to_hf_config
+from minimodel.hf_convert import to_hf_config
 from minimodel.model import MiniModel, model_config_from
 from minimodel.optim import build_optimizers
 from minimodel.rundir import device_description

@@ -21,11 +21,10 @@ import argparse
 import json
 import statistics
 import sys
-import tomllib
 from pathlib import Path
 
 from minimodel.checkpoint import latest_checkpoint
-from minimodel.config import CptConfig, RunConfig, build_config
+from minimodel.config import read_run_config
 from minimodel.errors import UserError, cli_entry
 from minimodel.flops import CPU_PEAK_FLOPS, PEAK_BF16_FLOPS
 from minimodel.tracking import read_metrics
@@ -59,17 +58,16 @@ def read_run(run_dir: Path) -> dict:
     if not cfg_path.is_file():
         raise UserError(f"{run_dir} is not a run directory (no config.toml): pass the directories that "
                         "minimodel.pretrain / cpt / sft wrote")
-    raw = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
-    run = raw.pop("run", {})
-    cfg = build_config(raw, cls=CptConfig if "base" in raw else RunConfig)
+    record = read_run_config(run_dir)
+    cfg, run = record.config, record.run
     found = latest_checkpoint(run_dir / "checkpoints")
     if found is None or not found[1].get("elapsed_s"):
         raise UserError(f"{run_dir} has no checkpoint with timing (checkpoints/step_N/checkpoint.json "
                         "elapsed_s): it stopped before its first checkpoint")
     meta = found[1]
     peaks = [m["peak_mem_gib"] for m in read_metrics(run_dir) if m.get("peak_mem_gib") is not None]
-    return {"run": str(run_dir), "cfg": cfg, "device": run.get("device", "unknown"),
-            "world_size": int(run.get("world_size", meta.get("world_size", 1))), "steps": meta["step"],
+    return {"run": str(run_dir), "cfg": cfg, "device": run.device or "unknown",
+            "world_size": run.world_size, "steps": meta["step"],
             "tokens": meta["tokens"], "seconds": meta["elapsed_s"],
             "peak_mem_gib": max(peaks) if peaks else None}
 

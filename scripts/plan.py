@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from minimodel.config import CptConfig, RunConfig, load_config
+from minimodel.config import RunConfig, config_class, load_config
+from minimodel.io import read_toml
 from minimodel.errors import UserError, cli_entry
 from minimodel.flops import flops_per_token
 from minimodel.model import MiniModel, ModelConfig
@@ -261,16 +262,13 @@ def render(p: dict, config_path: str) -> str:
     return "\n".join(lines)
 
 
-def config_class(path: str, overrides: list[str]):
+def config_class_of(path: str, overrides: list[str]):
     """Pretraining config, or a CPT/SFT stage config (one with a [base]) read as CptConfig."""
-    import tomllib
-
     try:
-        sections = set(tomllib.loads(Path(path).read_text(encoding="utf-8")))
-    except (OSError, tomllib.TOMLDecodeError):
+        raw = read_toml(path)
+    except UserError:
         return RunConfig  # load_config reports the problem
-    sections |= {o.split(".", 1)[0] for o in overrides}
-    return CptConfig if "base" in sections else RunConfig
+    return config_class({**raw, **{o.split(".", 1)[0]: {} for o in overrides}})
 
 
 def parse_args(argv):
@@ -289,7 +287,7 @@ def parse_args(argv):
 @cli_entry
 def main(argv=None) -> dict:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    cfg = load_config(args.config, args.overrides, cls=config_class(args.config, args.overrides))
+    cfg = load_config(args.config, args.overrides, cls=config_class_of(args.config, args.overrides))
     plan = estimate(cfg, args.gpu, args.n, args.mfu, args.usd_per_gpu_hour)
     print(json.dumps({"config": args.config, **plan}) if args.json else render(plan, args.config), flush=True)
     return plan

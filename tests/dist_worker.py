@@ -9,8 +9,8 @@ import sys
 
 from safetensors.torch import save_file
 
-from data_prep.atomic import write_text
 from minimodel.config import load_config
+from minimodel.io import write_text
 from minimodel.pretrain import run
 
 def inject_fault(at_forward: int):

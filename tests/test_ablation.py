@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from minimodel.ablation import ARMS, main
-from minimodel.ablation_summary import tokens_to_reach
+from scripts.ablation import ARMS, main
+from scripts.ablation_summary import tokens_to_reach
 
 
 def test_tokens_to_reach_interpolates():

@@ -230,10 +230,9 @@ def world(english_set, tmp_path_factory) -> dict:
     recs = [(f"r{i}", {"id": i, "instruction": d[:80], "output": d[80:200]}) for i, d in enumerate(docs)]
     prepare_sft(root / "sft", tok, recs, val_fraction=0.3)
 
-    from minimodel.bases import load_base
+    from minimodel.loading import load
     from minimodel.lora import apply_lora, save_adapter
-    base = load_base(str(root / "core"))
-    lm = apply_lora(base.lm, 2, 4, 0.0, ["q_proj", "v_proj"])
+    lm = apply_lora(load(str(root / "core")), 2, 4, 0.0, ["q_proj", "v_proj"])
     save_adapter(lm, root / "adapter", tok, {"base": str(root / "core")}, save_embeddings=True)
     return {"root": root, "set": english_set, "tok": tok, "core": root / "core", "hf": hf,
             "ckpts": root / "ckpts", "sft": root / "sft", "adapter": root / "adapter", "model": model, "cfg": cfg}
@@ -242,18 +241,17 @@ def world(english_set, tmp_path_factory) -> dict:
 def test_world_is_valid(world):
     """The unfuzzed inputs load: a fuzzed failure is the fuzz's doing, not the fixture's."""
     from data_prep.sft import read_sft
-    from minimodel.bases import load_base
+    from minimodel.loading import load
     from minimodel.checkpoint import latest_checkpoint
     from minimodel.data import TokenShards
-    from minimodel.lora import load_adapted
     from minimodel.sft import SFTExamples
 
     assert TokenShards(world["set"], "train", 16, 1024).n_windows > 0
     assert len(read_sft(world["sft"], "train")) > 0 and SFTExamples(world["sft"], "train", 64).n_windows > 0
     assert latest_checkpoint(world["ckpts"])[0].name == "step_10"
-    assert load_base(str(world["core"])).lm.kind == "minimodel"
-    assert load_base(str(world["hf"])).lm.kind == "hf"
-    assert load_adapted(world["adapter"]).kind == "minimodel"
+    assert load(str(world["core"])).kind == "native"
+    assert load(str(world["hf"])).kind == "hf"
+    assert load(world["adapter"], merge=False).kind == "native"
 
 
 # ---------------------------------------------------------------- shard sets
@@ -295,18 +293,18 @@ def _sp_bytes(data, good: bytes):
 
 
 def _tokenizer_readers(tok: Path, set_dir: Path | None, base_tok: Path):
-    from data_prep.tokenizer import load_tokenizer
-    from eval.models import _tokenizer_for
-    from minimodel.bases import tokenizer_relation
+    from minimodel.tokenizer import load_tokenizer
+    from minimodel.tokenizer import SPTokenizer, tokenizer_in, tokenizer_relation
     from minimodel.data import token_byte_lengths
-    from minimodel.hf_tokenizer import build_hf_tokenizer, load_sp
+    from minimodel.hf_tokenizer import build_hf_tokenizer
+    from minimodel.tokenizer import load_tokenizer as load_sp
 
     expect_clean("tokenizer: data_prep load_tokenizer", load_tokenizer, tok)
     expect_clean("tokenizer: hf_tokenizer.load_sp", load_sp, tok)
     expect_clean("tokenizer: build_hf_tokenizer (export)", build_hf_tokenizer, tok)
     expect_clean("tokenizer: token_byte_lengths", token_byte_lengths, tok, 1024)
-    expect_clean("tokenizer: eval model tokenizer", _tokenizer_for, tok.parent)
-    expect_clean("tokenizer: base vs data relation", tokenizer_relation, base_tok, tok, "base")
+    expect_clean("tokenizer: tokenizer_in (a model directory)", tokenizer_in, tok.parent)
+    expect_clean("tokenizer: base vs data relation", tokenizer_relation, SPTokenizer(base_tok), tok, "base")
     if set_dir is not None:
         from data_prep.shards import check_prepared
         from minimodel.data import TokenShards
@@ -320,7 +318,7 @@ def _tokenizer_readers(tok: Path, set_dir: Path | None, base_tok: Path):
 def test_fuzzed_tokenizer_file(world, data, same_sha):
     """Damaged tokenizer.model beside shards; with same_sha the manifest is updated to match, so the
     readers go past the checksum and load it."""
-    from data_prep.tokenizer import file_sha256
+    from minimodel.io import file_sha256
 
     with copy_of(world["set"]) as d:
         tok = d / "tokenizer.model"
@@ -416,7 +414,8 @@ def test_fuzzed_checkpoint_dir(world, data, fix_sha):
     """Damage step_10. A direct load raises a UserError naming the file; latest_checkpoint warns,
     names the file and falls back to step_5. With fix_sha the checksums are updated to the damaged
     files, so the damage reaches the loaders instead of the checksum check."""
-    from minimodel.checkpoint import META, _sha256, latest_checkpoint, load_checkpoint
+    from minimodel.checkpoint import META, latest_checkpoint, load_checkpoint
+    from minimodel.io import file_sha256
 
     with copy_of(world["ckpts"]) as root:
         step = root / "step_10"
@@ -429,7 +428,7 @@ def test_fuzzed_checkpoint_dir(world, data, fix_sha):
                                            st.just(b"\x80\x04K\x01."))))  # a pickle of the int 1
             if fix_sha and f.is_file():
                 meta = json.loads((step / META).read_text())
-                meta["files"][name] = _sha256(f)
+                meta["files"][name] = file_sha256(f)
                 (step / META).write_text(json.dumps(meta))
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
@@ -454,12 +453,12 @@ def test_fuzzed_checkpoint_dir(world, data, fix_sha):
 @given(data=st.data())
 def test_fuzzed_native_base(world, data):
     from eval.models import load_model
-    from minimodel.bases import load_base
+    from minimodel.loading import load
 
     with copy_of(world["core"]) as run:
         f = run / "final" / "minimodel.json"
         rewrite(f, data.draw(json_file(json.loads(f.read_text()), SMALL_JSON)))
-        expect_clean("base: bases.load_base (minimodel run dir)", load_base, str(run))
+        expect_clean("base: loading.load (minimodel run dir)", load, str(run))
         expect_clean("eval: load_model (minimodel run dir)", load_model, run, device="cpu")
 
 
@@ -485,8 +484,7 @@ def _hf_config_variants(data, good: dict) -> bytes | None:
 @given(data=st.data())
 def test_fuzzed_hf_dir(world, data):
     from eval.models import load_model
-    from minimodel import hf_import
-    from minimodel.bases import load_base
+    from minimodel.loading import load
 
     with copy_of(world["hf"]) as d:
         what = data.draw(st.sampled_from(["config"] * 3 + ["weights", "no-weights"]))
@@ -498,9 +496,8 @@ def test_fuzzed_hf_dir(world, data):
         else:
             (d / "model.safetensors").unlink()
         with contextlib.redirect_stderr(io.StringIO()):
-            expect_clean("base: bases.load_base (HF dir)", load_base, str(d))
-            expect_clean("base: hf_import.load_base (HF dir)", hf_import.load_base, d)
-            expect_clean("base: hf_import.load_native (HF dir)", hf_import.load_native, d)
+            expect_clean("base: loading.load (HF dir)", load, str(d))
+            expect_clean("base: loading.load native=True (HF dir)", load, d, native=True)
             expect_clean("eval: load_model (HF dir)", load_model, d, device="cpu")
 
 
@@ -508,7 +505,7 @@ def test_fuzzed_hf_dir(world, data):
 @given(data=st.data())
 def test_fuzzed_adapter_dir(world, data):
     from eval.models import load_model
-    from minimodel.lora import load_adapted
+    from minimodel.loading import load
 
     with copy_of(world["adapter"]) as d:
         name = data.draw(st.sampled_from(["adapter_config.json", "minimodel_adapter.json",
@@ -519,7 +516,7 @@ def test_fuzzed_adapter_dir(world, data):
         else:
             rewrite(f, data.draw(st.one_of(file_bytes(f.read_bytes()), st.none())))
         with contextlib.redirect_stderr(io.StringIO()):
-            expect_clean("adapter: lora.load_adapted", load_adapted, d)
+            expect_clean("adapter: loading.load merge=False", load, d, merge=False)
             expect_clean("eval: load_model (adapter dir)", load_model, d, device="cpu")
 
 

@@ -12,12 +12,11 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT
-from minimodel.bases import load_base
+from minimodel.loading import load
 from minimodel.config import CptConfig, load_config
 from minimodel.cpt import run
 from minimodel.data import TokenShards
 from minimodel.errors import UserError
-from minimodel.lora import load_adapted
 from minimodel.replay import ReplayStream
 from minimodel.tracking import read_metrics
 from test_cpt_fixtures import bilingual, stage_overrides  # noqa: F401
@@ -70,8 +69,8 @@ def test_lora_cpt_with_replay_end_to_end(bilingual, tmp_path):
     assert all("lora_" in k or "embed_tokens" in k for k in ckpt)
     # the adapter on its base gives the merged model's logits; the merged final/ is a base again
     x = torch.randint(4, 1024, (2, 20))
-    merged = load_base(str(out)).lm.eval()
-    adapted = load_adapted(out / "adapter")
+    merged = load(str(out)).eval()
+    adapted = load(out / "adapter", merge=False)
     with torch.no_grad():
         assert torch.allclose(adapted(x), merged(x), atol=1e-5)
     assert merged.core().lm_head.weight is merged.core().model.embed_tokens.weight  # the tie survives
@@ -102,7 +101,23 @@ def test_vocabulary_extension_in_cpt(bilingual, tmp_path):
     assert (out / "final" / "tokenizer.model").read_bytes() == bilingual["tok_ext"].read_bytes()
     x = torch.randint(4, final["vocab_size"], (1, 16))
     with torch.no_grad():
-        assert torch.allclose(load_adapted(out / "adapter")(x), load_base(str(out)).lm.eval()(x), atol=1e-5)
+        assert torch.allclose(load(out / "adapter", merge=False)(x), load(str(out)).eval()(x), atol=1e-5)
+    # evaluated through its adapter (trained embeddings, grown vocabulary), or through a run directory
+    # without final/, the model is the merged final/: same logits, same bits per byte
+    from eval.bpb import bits_per_byte, parse_set
+    from eval.models import load_model
+
+    held = parse_set(f"ko={bilingual['ko_ext']}:val")
+    merged = load_model(out, device="cpu", context=64)
+    via_adapter = load_model(out / "adapter", device="cpu", context=64)
+    assert via_adapter.source.kind == "adapter" and via_adapter.config.vocab_size == final["vocab_size"]
+    assert torch.allclose(via_adapter.logits(x), merged.logits(x), atol=1e-5)
+    want = bits_per_byte(merged, held)["bpb"]
+    assert bits_per_byte(via_adapter, held)["bpb"] == pytest.approx(want, rel=1e-5)
+    (out / "final").rename(out / "final_moved")
+    via_run = load_model(out, device="cpu")
+    assert via_run.source.kind == "adapter" and via_run.context == 64  # the run's own seq_len
+    assert bits_per_byte(via_run, held)["bpb"] == pytest.approx(want, rel=1e-5)
 
 
 def test_bad_input_fails_before_training(bilingual, tmp_path):

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.errors import DataPrepError
-from data_prep.sft import encode_chat, prepare_sft, read_sft, render_chat, to_messages
+from data_prep.sft import prepare_sft, read_sft, to_messages
 from data_prep.sources import records
-from data_prep.tokenizer import BOS_ID, EOS_ID, load_tokenizer, train_tokenizer, weighted_texts
+from data_prep.tokenizer import train_tokenizer, weighted_texts
+from minimodel.errors import UserError
+from minimodel.tokenizer import BOS_ID, EOS_ID, encode_chat, load_tokenizer, render_chat
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "tests" / "fixtures"
@@ -67,11 +68,11 @@ def test_prepare_sft_local_file(tmp_path, tok):
 
 
 def test_bad_sft_records(tmp_path, tok):
-    with pytest.raises(DataPrepError, match=r"fields are \['prompt', 'response'\]"):
+    with pytest.raises(UserError, match=r"fields are \['prompt', 'response'\]"):
         to_messages({"prompt": "a", "response": "b"})
-    with pytest.raises(DataPrepError, match="no assistant message"):
+    with pytest.raises(UserError, match="no assistant message"):
         to_messages({"messages": [{"role": "user", "content": "hi"}]})
-    with pytest.raises(DataPrepError, match="role in"):
+    with pytest.raises(UserError, match="role in"):
         to_messages({"messages": [{"role": "bot", "content": "hi"}]})
     f = tmp_path / "bad.jsonl"
     f.write_text(json.dumps({"prompt": "a"}) + "\n")

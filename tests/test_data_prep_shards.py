@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from data_prep import shards
-from data_prep.errors import DataPrepError
 from data_prep.mixture import mix, split_at_eos
 from data_prep.shards import check_prepared, prepare_from_docs, read_tokens, token_dtype
-from data_prep.tokenizer import EOS_ID, load_tokenizer, train_tokenizer, weighted_texts
+from data_prep.tokenizer import train_tokenizer, weighted_texts
+from minimodel.errors import UserError
+from minimodel.tokenizer import EOS_ID, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "tests" / "fixtures"
@@ -88,16 +89,16 @@ def test_atomic_on_failure(tmp_path, tok, monkeypatch):
 
 
 def test_empty_corpus_and_mismatch(tmp_path, tok):
-    with pytest.raises(DataPrepError, match="empty corpus"):
+    with pytest.raises(UserError, match="empty corpus"):
         prepare_from_docs(tmp_path / "e", tok, {"train": [], "val": []})
     assert not (tmp_path / "e").exists()
     out = tmp_path / "s"
     prepare_from_docs(out, tok, {"train": EN[:5], "val": EN[5:6]})
     other = train_tokenizer(EN, tmp_path / "other.model", 1000)
-    with pytest.raises(DataPrepError, match="shard/tokenizer mismatch"):
+    with pytest.raises(UserError, match="shard/tokenizer mismatch"):
         check_prepared(out, other)
     (out / "tokenizer.model").write_bytes(other.read_bytes())
-    with pytest.raises(DataPrepError, match="shard/tokenizer mismatch"):
+    with pytest.raises(UserError, match="shard/tokenizer mismatch"):
         check_prepared(out)
 
 
@@ -122,7 +123,7 @@ def test_mixture_rejects_different_tokenizers(tmp_path, tok):
     other = train_tokenizer(KO, tmp_path / "other.model", 1500)
     prepare_from_docs(tmp_path / "en", tok, {"train": EN[:10]})
     prepare_from_docs(tmp_path / "ko", other, {"train": KO[:10]})
-    with pytest.raises(DataPrepError, match="shard/tokenizer mismatch"):
+    with pytest.raises(UserError, match="shard/tokenizer mismatch"):
         mix(tmp_path / "mix", [(tmp_path / "en", 1), (tmp_path / "ko", 1)])
     assert not (tmp_path / "mix").exists()
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from data_prep.errors import DataPrepError
 from data_prep.sources import read_files, read_hf, records
+from minimodel.errors import UserError
 
 FIX = Path(__file__).parent / "fixtures"
 EN = FIX / "english_web.jsonl"
@@ -71,7 +71,7 @@ def test_hf_datasets_path_on_local_files(tmp_path, suffix):
 
 
 def test_hf_missing_field_lists_fields():
-    with pytest.raises(DataPrepError, match=r"no text field 'content'.*\['id', 'text'\]"):
+    with pytest.raises(UserError, match=r"no text field 'content'.*\['id', 'text'\]"):
         next(read_hf("json", data_files=str(EN), text_field="content"))
 
 
@@ -81,7 +81,7 @@ def test_records_for_sft(tmp_path):
     assert [r for _, r in records(p)] == [{"instruction": "i", "output": "o"}]
 
 
-# --- bad input: one-line DataPrepError naming the file and the fix
+# --- bad input: one-line UserError naming the file and the fix
 def _one_line(exc):
     msg = str(exc.value)
     assert "\n" not in msg and msg
@@ -91,7 +91,7 @@ def _one_line(exc):
 def test_missing_text_field(tmp_path):
     p = tmp_path / "a.jsonl"
     p.write_text(json.dumps({"body": "x", "title": "y"}) + "\n")
-    with pytest.raises(DataPrepError) as e:
+    with pytest.raises(UserError) as e:
         list(read_files(p))
     assert "['body', 'title']" in _one_line(e) and "a.jsonl:1" in str(e.value)
 
@@ -99,26 +99,26 @@ def test_missing_text_field(tmp_path):
 def test_template_missing_field(tmp_path):
     p = tmp_path / "a.jsonl"
     p.write_text(json.dumps({"q": "x"}) + "\n")
-    with pytest.raises(DataPrepError, match="template field 'a' missing"):
+    with pytest.raises(UserError, match="template field 'a' missing"):
         list(read_files(p, template="{q} {a}"))
 
 
 def test_binary_file(tmp_path):
     p = tmp_path / "model.jsonl"
     p.write_bytes(bytes(range(256)) * 10)
-    with pytest.raises(DataPrepError, match="binary") as e:
+    with pytest.raises(UserError, match="binary") as e:
         list(read_files(p))
     _one_line(e)
     t = tmp_path / "x.txt"
     t.write_bytes(b"\x00\x01\x02abc")
-    with pytest.raises(DataPrepError, match="binary"):
+    with pytest.raises(UserError, match="binary"):
         list(read_files(t))
 
 
 def test_not_utf8(tmp_path):
     p = tmp_path / "cp949.txt"
     p.write_bytes("대한민국 헌법".encode("cp949"))
-    with pytest.raises(DataPrepError, match="not UTF-8.*iconv") as e:
+    with pytest.raises(UserError, match="not UTF-8.*iconv") as e:
         list(read_files(p))
     _one_line(e)
 
@@ -126,41 +126,41 @@ def test_not_utf8(tmp_path):
 def test_bad_json_and_non_object(tmp_path):
     p = tmp_path / "a.jsonl"
     p.write_text('{"text": "ok"}\n{"text": broken\n')
-    with pytest.raises(DataPrepError, match=r"a.jsonl:2: bad JSON"):
+    with pytest.raises(UserError, match=r"a.jsonl:2: bad JSON"):
         list(read_files(p))
     p.write_text('["a", "b"]\n')
-    with pytest.raises(DataPrepError, match="JSON object"):
+    with pytest.raises(UserError, match="JSON object"):
         list(read_files(p))
 
 
 def test_fake_parquet_and_bad_gzip(tmp_path):
     p = tmp_path / "a.parquet"
     p.write_text("not parquet")
-    with pytest.raises(DataPrepError, match="not a readable parquet"):
+    with pytest.raises(UserError, match="not a readable parquet"):
         list(read_files(p))
     g = tmp_path / "a.jsonl.gz"
     g.write_bytes(gzip.compress(b'{"text": "x"}\n' * 100)[:40])
-    with pytest.raises(DataPrepError, match="cannot read"):
+    with pytest.raises(UserError, match="cannot read"):
         list(read_files(g))
 
 
 def test_no_match_and_unsupported(tmp_path):
-    with pytest.raises(DataPrepError, match="no files match"):
+    with pytest.raises(UserError, match="no files match"):
         list(read_files(str(tmp_path / "*.jsonl")))
     (tmp_path / "a.csv").write_text("a,b\n")
-    with pytest.raises(DataPrepError, match="unsupported file type"):
+    with pytest.raises(UserError, match="unsupported file type"):
         list(read_files(tmp_path / "a.csv"))
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.binary(max_size=400), suffix=st.sampled_from(["jsonl", "txt", "jsonl.gz", "parquet"]))
 def test_fuzz_readers_fail_cleanly(tmp_path, data, suffix):
-    """Arbitrary bytes either read as documents or raise DataPrepError, never anything else."""
+    """Arbitrary bytes either read as documents or raise UserError, never anything else."""
     p = tmp_path / f"f.{suffix}"
     p.write_bytes(data)
     try:
         docs = list(read_files(p))
-    except DataPrepError as e:
+    except UserError as e:
         assert "\n" not in str(e)
     else:
         assert all(isinstance(d.text, str) for d in docs)

@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from data_prep.errors import DataPrepError
 from data_prep.tok_report import tokenizer_report
-from data_prep.tokenizer import (BOS_ID, CHAT_TOKENS, EOS_ID, PAD_ID, UNK_ID, load_tokenizer, train_tokenizer,
-                                 weighted_texts)
+from data_prep.tokenizer import train_tokenizer, weighted_texts
 from data_prep.vocab_ext import extend_tokenizer
+from minimodel.errors import UserError
+from minimodel.tokenizer import BOS_ID, CHAT_TOKENS, EOS_ID, PAD_ID, UNK_ID, load_tokenizer
 
 FIX = Path(__file__).parent / "fixtures"
 EN = [json.loads(line)["text"] for line in (FIX / "english_web.jsonl").read_text().splitlines()]
@@ -59,14 +59,14 @@ def test_weights_shape_the_sample():
     ko_chars = sum(len(t) for t in s if t in set(KO))
     assert 2.5 < ko_chars / en_chars < 3.5  # Korean cycled to reach 3x English
     assert weighted_texts({"en": EN, "ko": KO}, seed=1) == weighted_texts({"en": EN, "ko": KO}, seed=1)
-    with pytest.raises(DataPrepError, match="without text"):
+    with pytest.raises(UserError, match="without text"):
         weighted_texts({"en": EN}, {"ko": 1})
 
 
 def test_vocab_too_big_and_empty(tmp_path):
-    with pytest.raises(DataPrepError, match=r"vocab size 50000 is more than this corpus supports; use --vocab-size \d+"):
+    with pytest.raises(UserError, match=r"vocab size 50000 is more than this corpus supports; use --vocab-size \d+"):
         train_tokenizer(EN[:3], tmp_path / "t.model", 50000)
-    with pytest.raises(DataPrepError, match="empty corpus"):
+    with pytest.raises(UserError, match="empty corpus"):
         train_tokenizer(["", "\n"], tmp_path / "t.model", 1000)
     assert not (tmp_path / "t.model").exists()
 
@@ -87,5 +87,5 @@ def test_vocabulary_extension(tmp_path):
 
 
 def test_vocab_too_small(tmp_path):
-    with pytest.raises(DataPrepError, match=r"too small for the \d+ characters"):
+    with pytest.raises(UserError, match=r"too small for the \d+ characters"):
         train_tokenizer(KO, tmp_path / "t.model", 600)

@@ -17,7 +17,7 @@ def tiny_run(tmp_path, data_dir, seed=0, name="run"):
     """A run directory holding a randomly initialised sub-million-parameter MiniModel."""
     from minimodel.data import read_manifest
     from minimodel.model import MiniModel, model_config_from
-    from minimodel.pretrain import export_final
+    from minimodel.export import export_final
 
     torch.manual_seed(seed)
     model = MiniModel(model_config_from("tiny", vocab_size=1024, d_model=64, n_layers=2, n_heads=4,
@@ -176,7 +176,7 @@ def test_lm_eval_adapter_on_local_tasks(native, tmp_path):
     ctx, cont = sp.encode("In the beginning God"), sp.encode("In the beginning God created the heavens")
     cont = cont[len(ctx):]
     seq = torch.tensor([[3] + ctx + cont])
-    logp = torch.log_softmax(lm.lm.module(seq[:, :-1]).double(), -1)[0]
+    logp = torch.log_softmax(lm.lm.net(seq[:, :-1]).double(), -1)[0]
     want = sum(logp[len(ctx) + i, t].item() for i, t in enumerate(cont))
     assert ll == pytest.approx(want, rel=1e-5) and isinstance(greedy, bool)
 

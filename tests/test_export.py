@@ -96,7 +96,7 @@ def test_vocab_extended_tokenizer_converts_exactly(tmp_path):
 def test_chat_template_gives_encode_chat_ids(bi_tok, hf_tok):
     import sentencepiece as spm
 
-    from data_prep.sft import encode_chat
+    from minimodel.tokenizer import encode_chat
 
     sp = spm.SentencePieceProcessor(model_file=str(bi_tok))
     convs = [

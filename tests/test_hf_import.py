@@ -8,8 +8,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_helpers import bilingual_tokenizer, tiny_native, write_gguf
 from minimodel.errors import UserError
-from minimodel.hf_config import to_hf_config
-from minimodel.hf_import import gguf_to_hf, load_base, load_native, resolve_base, save_native
+from minimodel.hf_convert import to_hf_config
+from minimodel.export import save_native
+from minimodel.gguf import gguf_to_hf
+from minimodel.loading import load, resolve
 from minimodel.hf_tokenizer import save_hf_tokenizer
 
 VOCAB = 2048
@@ -37,6 +39,14 @@ def save_hf_dir(model, bi_tok, path):
     model.save_pretrained(path)
     save_hf_tokenizer(bi_tok, path)
     return path
+
+
+def load_native(spec):
+    return load(spec, native=True).net
+
+
+def resolve_base(spec, gguf_dir=None):
+    return resolve(spec, gguf_dir=gguf_dir).path
 
 
 BATCH = torch.randint(0, VOCAB, (2, 40), generator=torch.Generator().manual_seed(0))
@@ -104,14 +114,15 @@ def test_mistral_without_sliding_window_is_native(bi_tok, tmp_path):
 def test_load_base_from_a_directory_and_a_run(bi_tok, tmp_path):
     src = save_hf_dir(hf_model(True, True), bi_tok, tmp_path / "run" / "final")
     (tmp_path / "run" / "config.toml").write_text("")
-    model, tok, where = load_base(tmp_path / "run")
+    lm = load(tmp_path / "run")
+    model, tok, where = lm.net, AutoTokenizer.from_pretrained(lm.source.path), lm.source.path
     assert where == src and type(model).__name__ == "Qwen3ForCausalLM"
     assert tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
                                    add_generation_prompt=True).endswith("<|im_start|>assistant\n")
 
 
 def test_base_errors_are_clear(bi_tok, tmp_path):
-    with pytest.raises(UserError, match="base model not found: ./nowhere"):
+    with pytest.raises(UserError, match="model not found: ./nowhere"):
         resolve_base("./nowhere")
     with pytest.raises(UserError, match="not in the local cache and the hub is offline"):
         resolve_base("minimodel-test/does-not-exist")  # HF_HUB_OFFLINE=1: answered from the cache
@@ -125,12 +136,12 @@ def test_base_errors_are_clear(bi_tok, tmp_path):
                                                          num_hidden_layers=1, num_attention_heads=2))
     save_hf_dir(small, bi_tok, tmp_path / "small")
     with pytest.raises(UserError, match="tokenizer has 2048 tokens but the model embeds only 1024"):
-        load_base(tmp_path / "small")
+        load(tmp_path / "small")
     from transformers import GPT2Config
 
     GPT2Config(n_layer=1).save_pretrained(tmp_path / "gpt2")
-    with pytest.raises(UserError, match="model type 'gpt2' is not a supported base"):
-        load_base(tmp_path / "gpt2")
+    with pytest.raises(UserError, match="cannot load model .*gpt2.* with transformers"):  # a config without weights
+        load(tmp_path / "gpt2")
 
 
 def test_gguf_import_f32_is_exact_and_cached(bi_tok, tmp_path):
@@ -177,3 +188,29 @@ def test_gguf_import_dequantises_q8_0(bi_tok, tmp_path, monkeypatch):
     with torch.no_grad():
         assert (native(BATCH) - model(BATCH).logits).abs().max().item() < 1e-4
     assert np.isfinite(native(BATCH).detach().numpy()).all()
+
+
+def test_a_gguf_file_is_a_stage_base(bi_tok, tmp_path, monkeypatch):
+    """base.path = a .gguf file: converted once, then trained like any Hugging Face base."""
+    from data_prep.shards import prepare_from_docs
+    from hf_helpers import fixture_docs
+    from minimodel.config import CptConfig, load_config
+    from minimodel.cpt import run
+    from minimodel.tracking import read_metrics
+    from test_cpt_fixtures import stage_overrides
+
+    monkeypatch.setenv("MINIMODEL_CACHE", str(tmp_path / "cache"))
+    gguf_file = write_gguf(hf_model(False, False), bi_tok, tmp_path / "tiny-llama-f32.gguf")
+    converted = resolve(gguf_file).path  # the data is tokenised with the tokenizer the GGUF file carries
+    ko = fixture_docs("korean_1961.jsonl")
+    prepare_from_docs(tmp_path / "ko", converted / "tokenizer.model", {"train": ko[:-6], "val": ko[-6:]},
+                      extra_manifest={"language": "ko"})
+    out = tmp_path / "cpt"
+    result = run(load_config(None, stage_overrides(gguf_file, tmp_path / "ko", out), cls=CptConfig))
+    assert result["step"] == 12 and result["info"]["base_kind"] == "hf"
+    evals = [m["val_bpb"] for m in read_metrics(out) if "val_bpb" in m]
+    assert evals[-1] < evals[0]  # it trains
+    assert sorted(p.name for p in (tmp_path / "cache" / "gguf").iterdir()) == [converted.name]  # converted once
+    merged = AutoModelForCausalLM.from_pretrained(out / "final", dtype=torch.float32).eval()
+    with torch.no_grad():
+        assert torch.isfinite(merged(BATCH).logits).all()

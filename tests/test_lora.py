@@ -6,11 +6,11 @@ import pytest
 import sentencepiece as spm
 import torch
 
-from minimodel.bases import CausalLM, config_from_hf, load_base
+from minimodel.loading import CausalLM, shape_of_hf_config, load
 from minimodel.config import DEFAULT_LORA_TARGETS
 from minimodel.data import TokenShards, TrainStream
 from minimodel.errors import UserError
-from minimodel.lora import (TrainableView, apply_lora, embedding_weights, load_adapted, merge, save_adapter)
+from minimodel.lora import (TrainableView, apply_lora, embedding_weights, merge, save_adapter)
 from minimodel.model import MiniModel
 from minimodel.optim import build_optimizers
 from minimodel.config import OptimConfig
@@ -50,7 +50,7 @@ def hf_model(kind: str, vocab: int):
 def native_lm(vocab=1024, tie=True):
     torch.manual_seed(0)
     m = MiniModel(tiny_model_config(vocab, tie))
-    return CausalLM(m, "minimodel", m.config)
+    return CausalLM(m, "native", m.config)
 
 
 @pytest.mark.parametrize("kind", ["minimodel", "qwen3", "llama"])
@@ -59,7 +59,7 @@ def test_only_adapters_and_embeddings_train(bilingual, kind):
         lm = native_lm()
     else:
         hf = hf_model(kind, 1024)
-        lm = CausalLM(hf, "hf", config_from_hf(hf.config))
+        lm = CausalLM(hf, "hf", shape_of_hf_config(hf.config))
     before = snapshot(lm.core())
     apply_lora(lm, rank=4, alpha=8, dropout=0.0, targets=DEFAULT_LORA_TARGETS)
     core = lm.core()
@@ -96,14 +96,13 @@ def test_save_merge_reload_parity(bilingual, tmp_path, kind):
     if kind == "minimodel":
         lm = native_lm()
         base_dir = tmp_path / "base"
-        save_merged(lm.core(), "minimodel", base_dir / "final", tok, None, False)
+        save_merged(lm.core(), "native", base_dir / "final", tok, None)
     else:
         base_dir = tmp_path / "hf_base"
         hf_model(kind, 1024).save_pretrained(base_dir)
         import shutil
         shutil.copy2(tok, base_dir / "tokenizer.model")
-    base = load_base(str(base_dir))
-    lm = base.lm
+    lm = load(str(base_dir))
     apply_lora(lm, rank=4, alpha=8, dropout=0.1, targets=["q_proj", "v_proj", "down_proj"])
     train_steps(lm, bilingual["ko"])
     save_adapter(lm, tmp_path / "adapter", tok, {"base": str(base_dir)}, save_embeddings=True)
@@ -114,15 +113,15 @@ def test_save_merge_reload_parity(bilingual, tmp_path, kind):
     merged_core = merge(lm)
     with torch.no_grad():
         merged = CausalLM(merged_core, lm.kind, lm.config)(x)
-    save_merged(merged_core, lm.kind, tmp_path / "merged", tok, base, False)
-    reloaded = load_base(str(tmp_path / "merged")).lm.eval()
-    adapted = load_adapted(tmp_path / "adapter")
+    save_merged(merged_core, lm.kind, tmp_path / "merged", tok, lm.source.path)
+    reloaded = load(str(tmp_path / "merged")).eval()
+    adapted = load(tmp_path / "adapter", merge=False)
     with torch.no_grad():
         from_disk, from_adapter = reloaded(x), adapted(x)
     assert torch.allclose(trained, merged, atol=1e-5)
     assert torch.allclose(from_disk, merged, atol=1e-5)
     assert torch.allclose(from_adapter, merged, atol=1e-5)
-    assert not torch.allclose(from_adapter, load_base(str(base_dir)).lm.eval()(x), atol=1e-3)  # it did learn
+    assert not torch.allclose(from_adapter, load(str(base_dir)).eval()(x), atol=1e-3)  # it did learn
     tied_expected = kind != "llama"
     assert core_tied(reloaded) == tied_expected and core_tied(adapted) == tied_expected
     meta = json.loads((tmp_path / "adapter" / "minimodel_adapter.json").read_text())

@@ -21,9 +21,8 @@ pytestmark = [
 def test_unsloth_cpt_trains_and_merges(bilingual, tmp_path):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from minimodel.bases import load_base
+    from minimodel.loading import load
     from minimodel.cpt import run
-    from minimodel.lora import load_adapted
 
     base = tmp_path / "qwen3"
     Qwen3ForCausalLM(Qwen3Config(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -35,7 +34,7 @@ def test_unsloth_cpt_trains_and_merges(bilingual, tmp_path):
         "lora.backend": "unsloth", "train.device": "cuda", "train.dtype": "bf16",
         "replay.path": str(bilingual["en"]), "replay.ratio": 0.05}), cls=CptConfig))
     x = torch.randint(4, 1024, (1, 16))
-    merged = load_base(str(out / "final")).lm.eval()
-    adapted = load_adapted(out / "adapter")
+    merged = load(str(out / "final")).eval()
+    adapted = load(out / "adapter", merge=False)
     with torch.no_grad():
         assert torch.allclose(adapted(x), merged(x), atol=1e-3)

@@ -4,7 +4,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from minimodel.generate import filter_logits, generate
-from minimodel.hf_config import to_hf_config
+from minimodel.hf_convert import to_hf_config
 from minimodel.model import MiniModel, model_config_from
 
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from conftest import read_docs
 from data_prep.sft import prepare_sft, read_sft
-from minimodel.bases import load_base
+from minimodel.loading import load
 from minimodel.config import CptConfig, StageConfig, load_config
 from minimodel.errors import UserError
 from minimodel.sft import SFTExamples, run
@@ -42,7 +42,7 @@ def test_targets_cover_assistant_tokens_only(sft_set, bilingual):
         assert (y[row, n - 1:] == -100).all()  # padding never counts
         assert 0 < (want != -100).sum() < n - 1  # some, not all, tokens carry loss
     # the model's loss is the mean cross-entropy over exactly those positions
-    base = load_base(str(bilingual["core"])).lm
+    base = load(str(bilingual["core"]))
     with torch.no_grad():
         logits = base(x)
         loss = base(x, y)
@@ -76,7 +76,7 @@ def test_lora_sft_on_top_of_a_cpt_result(sft_set, bilingual, tmp_path):
     evals = [m for m in read_metrics(out) if "val_bpb_sft" in m]
     assert evals[-1]["val_loss"] < evals[0]["val_loss"]
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
-    assert tomllib.loads((out / "config.toml").read_text())["run"]["base_kind"] == "minimodel"
+    assert tomllib.loads((out / "config.toml").read_text())["run"]["base_kind"] == "native"
 
 
 def test_sft_rejects_pretraining_shards(bilingual, tmp_path):

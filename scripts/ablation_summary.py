@@ -15,7 +15,7 @@ import math
 import statistics
 from pathlib import Path
 
-from data_prep.atomic import write_json, write_text
+from minimodel.io import write_json, write_text
 from minimodel.tracking import read_metrics
 
 
@@ -61,7 +61,7 @@ def _std(xs: list[float]) -> float:
 
 
 def summarize(out: Path, plan: dict, write: bool = True) -> dict:
-    from minimodel.ablation import run_name
+    from scripts.ablation import run_name
 
     runs = out / "runs"
     arms = {}

@@ -1,13 +1,13 @@
 """The optimizer x QK-norm ablation: {AdamW, Muon} x {QK-norm off, on}.
 
-    python -m minimodel.ablation --preset cpu --out runs/ablation
-    torchrun --nproc_per_node=8 -m minimodel.ablation --preset gpu104m --out runs/ablation_104m
+    python -m scripts.ablation --preset cpu --out runs/ablation
+    torchrun --nproc_per_node=8 -m scripts.ablation --preset gpu104m --out runs/ablation_104m
 
 Fair by construction: every arm gets the same data, tokens, warmup and cosine decay,
 its own learning-rate sweep (seed 0), then extra seeds at its best learning rate.
 With Muon's "match_rms_adamw" convention one lr serves both Muon and its AdamW group,
 so all arms sweep the same grid. Arms are compared at the end of training (after
-decay); see minimodel/ablation_summary.py for what summary.json holds.
+decay); see scripts/ablation_summary.py for what summary.json holds.
 """
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from minimodel.ablation_summary import summarize
 from minimodel.config import load_config
 from minimodel.distributed import cleanup, init_distributed
 from minimodel.errors import UserError, cli_entry
+from scripts.ablation_summary import summarize
 
 ARMS = {  # name -> (optimizer, qk_norm)
     "adamw": ("adamw", False),
@@ -111,7 +111,7 @@ def train_one(out: Path, name: str, overrides: dict, quiet: bool) -> Path:
 
 
 def best_lr(out: Path, arm: str, lrs: list[float]) -> float:
-    from minimodel.ablation_summary import final_val_loss
+    from scripts.ablation_summary import final_val_loss
 
     losses = {lr: final_val_loss(out / "runs" / run_name(arm, lr, 0)) for lr in lrs}
     return min(losses, key=lambda lr: losses[lr])
@@ -149,7 +149,7 @@ def plan_ablation(preset: Preset, arms: list[str], extra: dict, gpu: str, n_gpus
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(prog="python -m minimodel.ablation", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m scripts.ablation", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="cpu", help=f"one of {sorted(PRESETS)}")
     ap.add_argument("--out", default="runs/ablation")

@@ -1,7 +1,18 @@
-"""Map a ModelConfig to the transformers config that holds the same model."""
+"""Between the native model and transformers' Llama/Qwen3 classes, both directions:
+`to_hf_config` (export: the transformers config that holds the same model) and
+`native_from_hf` (import: a Llama/Mistral/Qwen3-shaped checkpoint as a MiniModel with the same
+logits), with `native_config_of_hf` naming what the native model cannot express."""
 from __future__ import annotations
 
-from minimodel.model import ModelConfig
+from pathlib import Path
+
+import torch
+
+from minimodel.errors import UserError, error_gist
+from minimodel.io import read_json_object
+from minimodel.model import MiniModel, ModelConfig
+
+WEIGHTS = "model.safetensors"
 
 
 def to_hf_config(cfg: ModelConfig, torch_dtype: str = "float32"):
@@ -58,11 +69,9 @@ def unsupported_features(hf) -> list[str]:
     return out
 
 
-def from_hf_config(hf) -> ModelConfig:
+def native_config_of_hf(hf) -> ModelConfig:
     """The ModelConfig of a Llama/Mistral/Qwen3 transformers config; UserError naming what
     the native model cannot express (biases, sliding window, MoE, RoPE scaling, ...)."""
-    from minimodel.errors import UserError
-
     bad = unsupported_features(hf)
     if bad:
         raise UserError(f"this checkpoint cannot load into the native model: it uses {', '.join(bad)}; "
@@ -80,3 +89,61 @@ def from_hf_config(hf) -> ModelConfig:
         max_seq_len=_get(hf, "max_position_embeddings") or 2048,
         init_std=float(_get(hf, "initializer_range", 0.02)),
     )
+
+
+def _read_tensors(model_dir: Path) -> dict[str, torch.Tensor]:
+    """All safetensors weights of a HF directory (single file or sharded with an index)."""
+    from minimodel.checkpoint import read_safetensors
+
+    index = model_dir / f"{WEIGHTS}.index.json"
+    if index.is_file():
+        weight_map = read_json_object(index, "copy the model's files again").get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+            raise UserError(f"{index} is damaged: it does not map weight names to files")
+        files = sorted(set(weight_map.values()))
+    elif (model_dir / WEIGHTS).is_file():
+        files = [WEIGHTS]
+    else:
+        raise UserError(f"{model_dir} has no {WEIGHTS} (pytorch_model.bin is not read: it needs unpickling); "
+                        "convert it with transformers' save_pretrained(safe_serialization=True)")
+    out = {}
+    for f in files:
+        out.update(read_safetensors(model_dir / f))
+    return out
+
+
+def native_from_hf(model_dir: Path) -> MiniModel:
+    """A Llama/Mistral/Qwen3-shaped checkpoint as a MiniModel with identical logits (fp32)."""
+    from dataclasses import asdict
+
+    from minimodel.config import model_config_of
+    from minimodel.loading import hf_load_errors
+    from transformers import AutoConfig
+
+    read_json_object(model_dir / "config.json", "copy the model's config.json again")
+    try:
+        hf_cfg = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
+    except hf_load_errors() as e:
+        raise UserError(f"{model_dir}/config.json cannot be read by transformers: {error_gist(e)}") from None
+    try:
+        cfg = native_config_of_hf(hf_cfg)
+    except (TypeError, ValueError, KeyError, AttributeError, ZeroDivisionError) as e:
+        raise UserError(f"{model_dir}/config.json does not describe a Llama/Qwen3-shaped model ({type(e).__name__}: "
+                        f"{str(e)[:120]})") from None
+    cfg = model_config_of(asdict(cfg), f"{model_dir}/config.json")  # types and ranges, before building the model
+    model = MiniModel(cfg)
+    tensors = _read_tensors(model_dir)
+    if cfg.tie_embeddings:
+        tensors.pop("lm_head.weight", None)  # some tied checkpoints store the copy too
+    expected = model.state_dict()
+    unknown = sorted(set(tensors) - set(expected))
+    missing = sorted(n for n in set(expected) - set(tensors) if not (cfg.tie_embeddings and n == "lm_head.weight"))
+    if unknown or missing:
+        raise UserError(f"{model_dir}: weights do not match a {'Qwen3' if cfg.qk_norm else 'Llama'}-shaped model "
+                        f"(unexpected {unknown[:3]}, missing {missing[:3]})")
+    for name, t in tensors.items():
+        if tuple(t.shape) != tuple(expected[name].shape):
+            raise UserError(f"{model_dir}: {name} has shape {tuple(t.shape)}, config.json implies "
+                            f"{tuple(expected[name].shape)}")
+    model.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=False)
+    return model.eval()
