@@ -3,6 +3,7 @@
 python -m data_prep.prepare --out data/mine --files 'corpus/*.jsonl' --vocab-size 8192
 python -m data_prep.prepare --out data/ko --hf json --hf-data-files ko.jsonl --tokenizer data/en/tokenizer.model
 python -m data_prep.prepare --out data/bible_de --bible de
+python -m data_prep.prepare --out data/ko_qwen --files 'ko/*.jsonl' --tokenizer path/to/Qwen3-0.6B
 """
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ def prepare(args) -> dict:
         if tok is None:
             tok = train_tokenizer(by_split["train"], Path(tmp) / "tokenizer.model", args.vocab_size,
                                   args.model_type)
-        elif not tok.is_file():
+        elif not tok.exists():
             raise UserError(f"tokenizer not found: {tok}")
         lang = args.lang or "text"
         report = tokenizer_report(tok, {lang: by_split["val"] or by_split["train"][:200]})
@@ -100,7 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lang", default=None, help="language label for the manifest and report")
     p.add_argument("--val-fraction", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tokenizer", default=None, help="reuse this tokenizer instead of training one")
+    p.add_argument("--tokenizer", default=None, help="reuse this tokenizer instead of training one: a sentencepiece "
+                   ".model, a tokenizer.json, or a model directory (a Hugging Face base's own tokenizer)")
     p.add_argument("--vocab-size", type=int, default=8192)
     p.add_argument("--model-type", choices=MODEL_TYPES, default="bpe")
     p.add_argument("--num-proc", type=int, default=2)

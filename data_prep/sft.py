@@ -1,12 +1,15 @@
-"""SFT data: conversations or Alpaca records -> ChatML token ids + a loss mask on assistant tokens.
+"""SFT data: conversations or Alpaca records -> token ids + a loss mask on assistant tokens.
 
-Template (Qwen/MiniMind ChatML; the markers are single pieces of our tokenizers):
+With a Hugging Face base's tokenizer (its directory or tokenizer.json), the base's own chat template
+renders the conversation and the mask covers what each assistant turn adds (minimodel.tokenizer).
+With the kit's sentencepiece tokenizers, the template is ChatML (Qwen/MiniMind; the markers are single
+pieces of our tokenizers):
     <|im_start|>system\n...<|im_end|>\n<|im_start|>user\n...<|im_end|>\n<|im_start|>assistant\n...<|im_end|>\n
 The mask is 1 on each assistant reply and its closing <|im_end|> (so the model learns to
 stop), 0 elsewhere. Ids are BOS + template + EOS, encoded as ONE string, exactly as
 `encode_chat(..., add_generation_prompt=True)` encodes a prompt at inference.
 
-On disk (format "minimodel-sft-v1"): tokenizer.model, manifest.json, and per split
+On disk (format "minimodel-sft-v1"): the tokenizer's files, manifest.json, and per split
 `{split}/tokens.bin` (uint16/uint32), `{split}/mask.bin` (uint8, same length),
 `{split}/index.bin` (uint64 start offsets of the examples, plus the end).
 
@@ -17,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -28,8 +30,8 @@ from data_prep.shards import command_line, token_dtype
 from data_prep.splits import is_heldout
 from minimodel.data import SFT_FORMAT, load_sft_split
 from minimodel.errors import UserError, cli_entry
-from minimodel.io import atomic_dir, file_sha256, write_bytes, write_json
-from minimodel.tokenizer import CHAT_TOKENS, encode_chat, load_tokenizer
+from minimodel.io import atomic_dir, write_bytes, write_json
+from minimodel.tokenizer import CHAT_TOKENS, copy_tokenizer, open_tokenizer
 
 ROLES = ("system", "user", "assistant")
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -86,16 +88,13 @@ def prepare_sft(out_dir: str | Path, tokenizer_path: str | Path, recs: Iterable[
                 val_fraction: float = 0.01, max_tokens: int | None = None, seed: int = 0,
                 sources: list | None = None) -> dict:
     """Encode records into the SFT format above; the directory is written atomically."""
-    out_dir, tokenizer_path = Path(out_dir), Path(tokenizer_path)
-    sp = load_tokenizer(tokenizer_path)
-    for t in CHAT_TOKENS:
-        if sp.piece_to_id(t) == sp.unk_id():
-            raise UserError(f"tokenizer {tokenizer_path} has no {t} piece; train it with data_prep.tokenizer")
-    dtype = token_dtype(sp.get_piece_size())
+    out_dir = Path(out_dir)
+    tok = open_tokenizer(tokenizer_path)
+    dtype = token_dtype(tok.vocab_size)
     data = {s: {"ids": [], "mask": [], "index": [0]} for s in ("train", "val")}
     stats = {"examples": 0, "too_long": 0}
     for n, (where, rec) in enumerate(recs):
-        ids, mask = encode_chat(sp, to_messages(rec, where))
+        ids, mask = tok.chat_ids(to_messages(rec, where))
         stats["examples"] += 1
         if max_tokens is not None and len(ids) > max_tokens:
             stats["too_long"] += 1
@@ -108,7 +107,7 @@ def prepare_sft(out_dir: str | Path, tokenizer_path: str | Path, recs: Iterable[
     if not data["train"]["ids"]:
         raise UserError("empty SFT corpus: no usable examples; check the source and --max-tokens")
     with atomic_dir(out_dir) as tmp:
-        shutil.copyfile(tokenizer_path, tmp / "tokenizer.model")
+        copy_tokenizer(tok, tmp)
         splits = {}
         for s, d in data.items():
             write_bytes(tmp / s / "tokens.bin", np.asarray(d["ids"], dtype=dtype).tobytes())
@@ -117,10 +116,14 @@ def prepare_sft(out_dir: str | Path, tokenizer_path: str | Path, recs: Iterable[
             splits[s] = {"tokens_file": f"{s}/tokens.bin", "mask_file": f"{s}/mask.bin",
                          "index_file": f"{s}/index.bin", "examples": len(d["index"]) - 1,
                          "tokens": len(d["ids"]), "loss_tokens": int(sum(d["mask"]))}
-        manifest = {"format": SFT_FORMAT, "dtype": dtype.name, "vocab_size": sp.get_piece_size(),
-                    "tokenizer": {"file": "tokenizer.model", "sha256": file_sha256(tokenizer_path),
-                                  "bos_id": sp.bos_id(), "eos_id": sp.eos_id(), "pad_id": sp.pad_id()},
-                    "template": "chatml", "chat_tokens": list(CHAT_TOKENS), "splits": splits,
+        # padding sits where the mask is 0: any id serves, the tokenizer's own pad when it has one
+        pad = tok.pad_id if tok.pad_id is not None else tok.eos_id or 0
+        manifest = {"format": SFT_FORMAT, "dtype": dtype.name, "vocab_size": tok.vocab_size,
+                    "tokenizer": {"kind": tok.kind, "file": "tokenizer.model" if tok.kind == "sentencepiece"
+                                  else tok.file.name, "sha256": tok.sha256,
+                                  "bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": pad},
+                    "template": "chatml" if tok.kind == "sentencepiece" else "the base's chat template",
+                    "chat_tokens": list(CHAT_TOKENS) if tok.kind == "sentencepiece" else [], "splits": splits,
                     "stats": stats, "sources": sources or [], "command": command_line()}
         write_json(tmp / "manifest.json", manifest)
     return manifest
@@ -135,7 +138,8 @@ def read_sft(set_dir: str | Path, split: str = "train") -> list[tuple[np.ndarray
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m data_prep.sft", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
-    p.add_argument("--tokenizer", required=True)
+    p.add_argument("--tokenizer", required=True, help="the kit's sentencepiece .model (ChatML), or a Hugging Face "
+                   "base's tokenizer (its directory or tokenizer.json: its own chat template)")
     p.add_argument("--files", action="append", help=".jsonl[.gz] or .parquet with messages or instruction/input/output")
     p.add_argument("--hf", default=None, help="Hugging Face dataset id (e.g. FreedomIntelligence/alpaca-gpt4-korean)")
     p.add_argument("--hf-config", default=None)
@@ -147,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     if not a.files and not a.hf:
         raise UserError("no source given; use --files or --hf")
-    if not Path(a.tokenizer).is_file():
+    if not Path(a.tokenizer).exists():
         raise UserError(f"tokenizer not found: {a.tokenizer}")
     recs = sft_records(a.files, a.hf, a.hf_config, a.hf_split, a.hf_data_files)
     if a.max_examples is not None:

@@ -1,11 +1,13 @@
 """Token shards and their manifest: the format the trainer reads.
 
 A prepared set is a directory:
-    tokenizer.model
+    tokenizer.model             the kit's sentencepiece tokenizer, or a Hugging Face base's
+                                tokenizer.json (+ tokenizer_config.json, chat template ...)
     train/shard_00000.bin ...   raw little-endian token ids (uint16 if vocab < 65536, else uint32)
     val/shard_00000.bin ...
     manifest.json               see `build_manifest`
-Documents are concatenated with EOS after each one. The directory is written as a whole
+Documents are concatenated as the tokenizer's convention has them: EOS after each one, BOS
+before each when the tokenizer adds one (Llama-style). The directory is written as a whole
 (temp dir, then rename); a re-run with the same tokenizer, documents and sources finds
 the same `fingerprint` in manifest.json and writes nothing.
 """
@@ -25,7 +27,7 @@ import numpy as np
 from minimodel.data import SHARDS_FORMAT, manifest_problem, read_manifest
 from minimodel.errors import UserError
 from minimodel.io import atomic_dir, file_sha256, write_bytes, write_json
-from minimodel.tokenizer import EOS_ID, load_tokenizer
+from minimodel.tokenizer import Tokenizer, open_tokenizer
 
 SHARD_TOKENS = 1 << 24  # ~32 MB per uint16 shard
 CHUNK_BYTES = 1 << 20  # work unit per process
@@ -35,33 +37,31 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype("<u2") if vocab_size < 65536 else np.dtype("<u4")
 
 
-def _flatten(ids: list[list[int]], dtype) -> np.ndarray:
-    n = sum(map(len, ids)) + len(ids)
-    it = itertools.chain.from_iterable(itertools.chain(d, (EOS_ID,)) for d in ids)
-    return np.fromiter(it, dtype=dtype, count=n)
+def _flatten(docs: list[list[int]], dtype) -> np.ndarray:
+    return np.fromiter(itertools.chain.from_iterable(docs), dtype=dtype, count=sum(map(len, docs)))
 
 
-def encode_docs(sp, docs: Sequence[str]) -> tuple[np.ndarray, int]:
-    """Token ids of `docs` with EOS after each, and the UTF-8 byte count of the text."""
+def encode_docs(tok: Tokenizer, docs: Sequence[str]) -> tuple[np.ndarray, int]:
+    """Token ids of `docs` as the stream holds them (the tokenizer's BOS/EOS conventions), and the
+    UTF-8 byte count of the text."""
     docs = list(docs)
-    ids = sp.encode(docs, num_threads=1)
-    n_bytes = sum(len(d.encode("utf-8")) for d in docs)
-    return _flatten(ids, np.int64), n_bytes
+    return _flatten(tok.document_ids(docs), np.int64), sum(len(d.encode("utf-8")) for d in docs)
 
 
-# --- several processes: each loads the tokenizer once and encodes ~1 MB chunks of documents.
-_WORKER_SP = None
+# --- several processes (sentencepiece): each loads the tokenizer once and encodes ~1 MB chunks of
+# documents. A Hugging Face tokenizer encodes a batch on several threads by itself.
+_WORKER_TOK = None
 
 
 def _worker_init(path: str) -> None:
-    global _WORKER_SP
-    _WORKER_SP = load_tokenizer(path)
+    global _WORKER_TOK
+    _WORKER_TOK = open_tokenizer(path)
 
 
 def _worker_encode(args) -> tuple[bytes, int]:
     docs, dtype = args
-    ids = _WORKER_SP.encode(docs, num_threads=1)
-    return _flatten(ids, np.dtype(dtype)).tobytes(), sum(len(d.encode("utf-8")) for d in docs)
+    tokens, n_bytes = encode_docs(_WORKER_TOK, docs)
+    return tokens.astype(np.dtype(dtype)).tobytes(), n_bytes
 
 
 def _chunks(docs: Sequence[str], chunk_bytes: int) -> Iterable[list[str]]:
@@ -80,8 +80,7 @@ def encode_parallel(tokenizer_path: str | Path, docs: Sequence[str], dtype: np.d
                     num_proc: int = 1, chunk_bytes: int = CHUNK_BYTES, pool=None) -> tuple[np.ndarray, int]:
     """encode_docs over `num_proc` processes; output order = document order."""
     if num_proc <= 1 and pool is None:
-        sp = load_tokenizer(tokenizer_path)
-        tokens, n_bytes = encode_docs(sp, docs)
+        tokens, n_bytes = encode_docs(open_tokenizer(tokenizer_path), docs)
         return tokens.astype(dtype), n_bytes
     own = pool is None
     if own:
@@ -116,16 +115,14 @@ def write_split(out_dir: Path, split: str, tokens: np.ndarray, dtype: np.dtype,
     return shards
 
 
-def build_manifest(out_dir: Path, tokenizer_path: Path, splits: dict, sources: list,
-                   dtype: np.dtype) -> dict:
-    sp = load_tokenizer(tokenizer_path)
+def build_manifest(tok: Tokenizer, splits: dict, sources: list, dtype: np.dtype) -> dict:
     return {
         "format": SHARDS_FORMAT,
         "dtype": dtype.name,
-        "vocab_size": int(sp.get_piece_size()),
-        "tokenizer": {"file": tokenizer_path.name, "sha256": file_sha256(tokenizer_path),
-                      "bos_id": sp.bos_id(), "eos_id": sp.eos_id(), "pad_id": sp.pad_id()},
-        "eos_id": EOS_ID,
+        "vocab_size": tok.vocab_size,
+        "tokenizer": {"kind": tok.kind, "file": tok.file.name, "sha256": tok.sha256,
+                      "bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id},
+        "eos_id": tok.eos_id,
         "splits": splits,
         "sources": sources,
         "command": command_line(),
@@ -188,27 +185,29 @@ def prepare_from_docs(out_dir: str | Path, tokenizer_path: str | Path,
     bytes, e.g. held-out text) and `extra_manifest` keys go into the same directory, which
     replaces any previous out_dir as a whole. Returns the manifest.
     """
-    out_dir, tokenizer_path = Path(out_dir), Path(tokenizer_path)
-    if not tokenizer_path.is_file():
-        raise UserError(f"tokenizer not found: {tokenizer_path}; train one first")
+    out_dir = Path(out_dir)
+    source_tok = open_tokenizer(tokenizer_path)
+    if source_tok.sha256 is None:
+        raise UserError(f"{source_tok.path} has no tokenizer.json: a data set needs the file that fixes the ids")
     docs_by_split = {s: list(d) for s, d in docs_by_split.items()}
     if not any(docs_by_split.values()):
         raise UserError(f"empty corpus: no documents left for {out_dir}; check the sources and filters")
-    tok_sha = file_sha256(tokenizer_path)
-    fp = fingerprint(tok_sha, docs_by_split, [sources or [], extra_manifest or {},
-                                              sorted((extra_files or {}).items()), shard_tokens])
+    fp = fingerprint(source_tok.sha256, docs_by_split, [sources or [], extra_manifest or {},
+                                                        sorted((extra_files or {}).items()), shard_tokens])
     old = _previous_manifest(out_dir)
     if not force and old and old.get("fingerprint") == fp and _complete(out_dir, old):
         return old
-    sp = load_tokenizer(tokenizer_path)
-    dtype = token_dtype(sp.get_piece_size())
-    pool = make_pool(tokenizer_path, num_proc) if num_proc > 1 else None
+    dtype = token_dtype(source_tok.vocab_size)
+    parallel = num_proc > 1 and source_tok.kind == "sentencepiece"
+    pool = make_pool(source_tok.file, num_proc) if parallel else None
     try:
         with atomic_dir(out_dir) as tmp:
-            shutil.copyfile(tokenizer_path, tmp / "tokenizer.model")
+            for f in source_tok.files():  # the set carries its tokenizer (sentencepiece: as tokenizer.model)
+                shutil.copyfile(f, tmp / ("tokenizer.model" if source_tok.kind == "sentencepiece" else f.name))
+            tok = open_tokenizer(tmp / ("tokenizer.model" if source_tok.kind == "sentencepiece" else "tokenizer.json"))
             splits, max_id = {}, -1
             for split, docs in docs_by_split.items():
-                tokens, n_bytes = encode_parallel(tmp / "tokenizer.model", docs, dtype, num_proc, pool=pool)
+                tokens, n_bytes = encode_parallel(tok.file, docs, dtype, num_proc if parallel else 1, pool=pool)
                 if len(tokens):
                     max_id = max(max_id, int(tokens.max()))
                 shards = write_split(tmp, split, tokens, dtype, shard_tokens)
@@ -217,7 +216,7 @@ def prepare_from_docs(out_dir: str | Path, tokenizer_path: str | Path,
                                  "bytes_per_token": round(n_bytes / max(len(tokens), 1), 6)}
             for rel, data in (extra_files or {}).items():
                 write_bytes(tmp / rel, data.encode("utf-8") if isinstance(data, str) else data)
-            manifest = build_manifest(tmp, tmp / "tokenizer.model", splits, sources or [], dtype)
+            manifest = build_manifest(tok, splits, sources or [], dtype)
             manifest["max_token_id"] = max_id
             manifest["fingerprint"] = fp
             manifest.update(extra_manifest or {})
@@ -240,7 +239,7 @@ def check_prepared(set_dir: str | Path, tokenizer_path: str | Path | None = None
     if file_sha256(tok) != m["tokenizer"]["sha256"]:
         raise UserError(f"shard/tokenizer mismatch: {tok} is not the tokenizer {set_dir} was "
                         "tokenised with; re-run data_prep with this tokenizer")
-    vocab = load_tokenizer(tok).get_piece_size()
+    vocab = open_tokenizer(tok).vocab_size
     if vocab != m["vocab_size"] or token_dtype(vocab).name != m["dtype"]:
         raise UserError(f"{set_dir}: manifest vocab/dtype disagree with the tokenizer; re-run data_prep")
     dtype = np.dtype(m["dtype"])

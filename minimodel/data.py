@@ -268,21 +268,6 @@ def val_window_ids(shards: TokenShards, n_batches: int, micro_batch: int, rank: 
 
 def token_byte_lengths(tokenizer_path: str | Path, vocab_size: int) -> torch.Tensor:
     """UTF-8 bytes each token id stands for (0 for control tokens), for bits per byte."""
-    from minimodel.tokenizer import load_tokenizer
+    from minimodel.tokenizer import open_tokenizer
 
-    sp = load_tokenizer(tokenizer_path)
-    lengths = torch.zeros(vocab_size, dtype=torch.float64)
-    if sp.get_piece_size() > vocab_size:
-        raise UserError(f"tokenizer {tokenizer_path} has {sp.get_piece_size()} pieces but the model has "
-                        f"vocab_size={vocab_size}: they do not belong together")
-    try:
-        for i in range(sp.get_piece_size()):
-            if sp.is_control(i) or sp.is_unknown(i):
-                continue
-            if sp.is_byte(i):
-                lengths[i] = 1
-                continue
-            lengths[i] = len(sp.id_to_piece(i).replace("\u2581", " ").encode("utf-8"))
-    except UnicodeDecodeError:  # sentencepiece parsed the file, but its pieces are not text
-        raise UserError(f"{tokenizer_path} holds pieces that are not UTF-8: a damaged tokenizer model") from None
-    return lengths
+    return open_tokenizer(tokenizer_path).token_bytes(vocab_size)

@@ -81,10 +81,13 @@ class CausalLM(nn.Module):
 
     @property
     def prefix_id(self) -> int:
-        """What a document is conditioned on: EOS, as in the pretraining stream, where every document
-        follows the previous one's EOS (lm-eval's convention too); BOS for tokenizers without EOS."""
+        """What a document is conditioned on, as in the pretraining stream: BOS for a tokenizer that puts
+        one before every text (Llama-style); otherwise EOS, which ends the previous document (the kit's
+        tokenizers, Qwen; lm-eval's convention too)."""
         tok = self.require_tokenizer()
-        return tok.eos_id if tok.eos_id is not None else tok.bos_id
+        if getattr(tok, "adds_bos", False) or tok.eos_id is None:
+            return tok.bos_id
+        return tok.eos_id
 
     def require_tokenizer(self) -> Tokenizer:
         if self.tokenizer is None:

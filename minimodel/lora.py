@@ -11,7 +11,7 @@ An adapter directory:
     adapter_config.json, adapter_model.safetensors   peft's own files (LoRA factors)
     embeddings.safetensors                           embed_tokens.weight (+ lm_head.weight if untied),
                                                      when embeddings were trained or the vocabulary grew
-    tokenizer.model                                  the tokenizer the adapter was trained with
+    tokenizer.model (or tokenizer.json + config)     the tokenizer the adapter was trained with
     minimodel_adapter.json                           base, vocabulary, tie, what the files hold
 `restore_adapter(lm, dir)` puts it back on its base (minimodel.loading.load does, for every consumer),
 with the merged model's logits.
@@ -23,7 +23,6 @@ FastLanguageModel (its LoRA kernels, gradient checkpointing, an optional 4-bit b
 from __future__ import annotations
 
 import json
-import shutil
 import warnings
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from minimodel.loading import CausalLM
 from minimodel.errors import UserError
 from minimodel.io import atomic_dir, read_json_object, write_text
 from minimodel.model import MiniModel
-from minimodel.tokenizer import SPTokenizer
+from minimodel.tokenizer import SPTokenizer, copy_tokenizer, open_tokenizer
 
 ADAPTER_META = "minimodel_adapter.json"
 EMBED_FILE = "embeddings.safetensors"
@@ -133,7 +132,7 @@ def save_adapter(lm: CausalLM, out_dir: Path, tokenizer: Path, meta: dict, save_
         if save_embeddings:
             save_file({k: v.detach().contiguous().cpu() for k, v in embedding_weights(core).items()},
                       str(tmp / EMBED_FILE))
-        shutil.copy2(tokenizer, tmp / "tokenizer.model")
+        copy_tokenizer(open_tokenizer(tokenizer), tmp)
         full = {**meta, "kind": lm.kind, "tied": is_tied(core), "vocab_size": lm.config.vocab_size,
                 "embeddings": save_embeddings}
         write_text(tmp / ADAPTER_META, json.dumps(full, indent=2))

@@ -10,7 +10,6 @@ stage's result is the next stage's base) and, for LoRA stages, adapter/.
 """
 from __future__ import annotations
 
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,16 +195,17 @@ def set_name(data_dir: Path, taken: set) -> str:
 
 
 def save_merged(core: nn.Module, kind: str, out_dir: Path, tokenizer: Path, tokenizer_files_from: Path | None) -> Path:
-    """A Hugging Face directory of the merged model, written atomically. A native model goes
-    through minimodel.export (verified reload, HF tokenizer files, minimodel.json); a transformers
-    model keeps its base's tokenizer files when the vocabulary did not change."""
+    """A Hugging Face directory of the merged model, written atomically, with the data's tokenizer. A
+    native model goes through minimodel.export (verified reload, HF tokenizer files, minimodel.json);
+    a transformers model also keeps its base's tokenizer files when the vocabulary did not change."""
     from minimodel.export import copy_tokenizer_files, export_model
+    from minimodel.tokenizer import copy_tokenizer, open_tokenizer
 
     if kind == "native":
         return export_model(core, tokenizer, out_dir)[0]
     with atomic_dir(Path(out_dir)) as tmp:
         core.save_pretrained(str(tmp))
+        copy_tokenizer(open_tokenizer(tokenizer), tmp)
         if tokenizer_files_from is not None:
             copy_tokenizer_files(tokenizer_files_from, tmp)
-        shutil.copy2(tokenizer, tmp / "tokenizer.model")
     return Path(out_dir)

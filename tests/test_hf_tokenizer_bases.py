@@ -1,0 +1,208 @@
+"""A Hugging Face base with its own tokenizer (byte-level BPE tokenizer.json, no tokenizer.model):
+data prepared with it, exact bytes per token, continued pretraining with replay, evaluation."""
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT
+from test_cpt_fixtures import bilingual  # noqa: F401
+from hf_helpers import fixture_docs
+from minimodel.errors import UserError
+from minimodel.tokenizer import HFTokenizer, open_tokenizer
+
+ODD = "Emoji 🙂, 漢字, ünïcödé, tabs\tand  spaces; 태초에 하나님이 천지를 창조하시니라.\n"
+
+
+@pytest.fixture(scope="module")
+def llama_base(tmp_path_factory):
+    """A Llama-shaped base whose tokenizer is a byte-level BPE trained by `tokenizers` (BOS added to
+    every text, as Llama's is), saved the way transformers saves a hub model."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    root = tmp_path_factory.mktemp("hfbase")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(fixture_docs("english_web.jsonl") + fixture_docs("korean_1961.jsonl"),
+                            trainers.BpeTrainer(vocab_size=1200, special_tokens=["<s>", "</s>", "<pad>"],
+                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    base = root / "llama"
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                            pad_token="<pad>").save_pretrained(base)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=128,
+                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                 max_position_embeddings=256, bos_token_id=0, eos_token_id=1,
+                                 tie_word_embeddings=False)).save_pretrained(base)
+    return base
+
+
+def test_bytes_per_token_are_exact(llama_base):
+    tok = open_tokenizer(llama_base)
+    assert isinstance(tok, HFTokenizer) and tok.kind == "hf" and tok.adds_bos and tok.file.name == "tokenizer.json"
+    lengths = tok.token_bytes(tok.vocab_size)
+    for text in [ODD, *fixture_docs("korean_1961.jsonl")[:3], *fixture_docs("english_web.jsonl")[:3]]:
+        ids = tok.encode(text)
+        assert tok.decode(ids) == text  # byte-level BPE round-trips any text
+        assert int(lengths[ids].sum()) == len(text.encode("utf-8"))  # byte for byte, Korean included
+    assert lengths[tok.bos_id] == lengths[tok.eos_id] == 0
+
+
+def test_prepare_with_the_bases_tokenizer(llama_base, tmp_path):
+    from data_prep.shards import read_tokens
+
+    docs = fixture_docs("korean_1961.jsonl")[:30]
+    (tmp_path / "ko.jsonl").write_text("".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs))
+    r = subprocess.run([sys.executable, "-m", "data_prep.prepare", "--out", str(tmp_path / "ko"), "--files",
+                        str(tmp_path / "ko.jsonl"), "--tokenizer", str(llama_base), "--lang", "ko",
+                        "--val-fraction", "0.2", "--num-proc", "2"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "ko" / "manifest.json").read_text())
+    assert m["tokenizer"]["kind"] == "hf" and m["tokenizer"]["file"] == "tokenizer.json"
+    assert m["eos_id"] == 1 and m["dtype"] == "uint16" and not (tmp_path / "ko" / "tokenizer.model").exists()
+    tok = open_tokenizer(tmp_path / "ko")
+    tokens = read_tokens(tmp_path / "ko", "train")
+    # every document is <s> ids </s>, and decodes back to the text
+    ends = np.flatnonzero(tokens == 1)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    assert len(ends) == m["splits"]["train"]["docs"] and (tokens[starts] == 0).all()
+    texts = {tok.decode(tokens[a + 1:b].tolist()) for a, b in zip(starts, ends)}
+    assert texts <= set(docs) and len(texts) == len(ends)
+    bad = subprocess.run([sys.executable, "-m", "data_prep.prepare", "--out", str(tmp_path / "x"), "--files",
+                          str(tmp_path / "ko.jsonl"), "--tokenizer", str(tmp_path)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "holds no tokenizer" in bad.stderr
+
+
+def test_cpt_with_replay_on_the_hf_base(llama_base, tmp_path):
+    from data_prep.shards import prepare_from_docs
+    from eval.bpb import bits_per_byte, parse_set
+    from eval.models import load_model
+    from minimodel.config import CptConfig, load_config
+    from minimodel.cpt import run
+    from minimodel.tracking import read_metrics
+    from test_cpt_fixtures import stage_overrides
+
+    ko, en = fixture_docs("korean_1961.jsonl"), fixture_docs("english_web.jsonl")
+    for name, docs, lang in (("ko", ko, "ko"), ("en", en, "en")):
+        prepare_from_docs(tmp_path / name, llama_base, {"train": docs[:-6], "val": docs[-6:]},
+                          extra_manifest={"language": lang})
+    out = tmp_path / "cpt"
+    result = run(load_config(None, stage_overrides(llama_base, tmp_path / "ko", out, **{
+        "replay.path": str(tmp_path / "en"), "replay.ratio": 0.25}), cls=CptConfig))
+    assert result["step"] == 12 and result["info"]["tokenizer"] == "same" and result["info"]["base_kind"] == "hf"
+    evals = [m for m in read_metrics(out) if "val_bpb_ko" in m]
+    assert evals[-1]["val_bpb_ko"] < evals[0]["val_bpb_ko"] and all("val_bpb_en" in m for m in evals)
+    final = {p.name for p in (out / "final").iterdir()}
+    assert {"tokenizer.json", "tokenizer_config.json", "config.json"} <= final and "tokenizer.model" not in final
+    assert {"tokenizer.json", "adapter_config.json"} <= {p.name for p in (out / "adapter").iterdir()}
+    # the kit's bits per byte equals a direct transformers computation on the same text
+    text = ko[-1][:300]
+    (tmp_path / "one.jsonl").write_text(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+    lm = load_model(out, device="cpu")
+    ours = bits_per_byte(lm, parse_set(f"ko={tmp_path / 'one.jsonl'}"), ctx=256)["bpb"]
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    hf_tok = AutoTokenizer.from_pretrained(out / "final")
+    ids = torch.tensor([hf_tok(text)["input_ids"]])  # <s> + text, as the base's tokenizer frames it
+    assert ids[0, 0] == 0 and ids.shape[1] <= 256
+    model = AutoModelForCausalLM.from_pretrained(out / "final", dtype=torch.float32).eval()
+    with torch.no_grad():
+        nll = torch.nn.functional.cross_entropy(model(ids).logits[0, :-1].double(), ids[0, 1:], reduction="sum")
+    assert ours == pytest.approx(nll.item() / math.log(2) / len(text.encode("utf-8")), rel=1e-4)
+    # the shards of the same tokenizer are scored too (the data's tokenizer is the model's)
+    assert bits_per_byte(lm, parse_set(f"ko={tmp_path / 'ko'}:val"))["bpb"] > 0
+
+
+def test_data_of_another_tokenizer_is_refused(llama_base, tmp_path, bilingual):
+    from minimodel.config import CptConfig, load_config
+    from minimodel.cpt import run
+    from test_cpt_fixtures import stage_overrides
+
+    with pytest.raises(UserError, match="does not match base .*data_prep.prepare --tokenizer"):
+        run(load_config(None, stage_overrides(llama_base, bilingual["ko"], tmp_path / "x"), cls=CptConfig))
+    assert not (tmp_path / "x" / "checkpoints").exists()
+
+
+CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def qwen_base(tmp_path_factory):
+    """A Qwen3-shaped base: byte-level BPE, no BOS, EOS <|endoftext|>, a ChatML chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(fixture_docs("english_web.jsonl") + fixture_docs("korean_1961.jsonl"),
+                            trainers.BpeTrainer(vocab_size=1100, special_tokens=["<|endoftext|>", "<|im_start|>",
+                                                                                 "<|im_end|>"],
+                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    base = tmp_path_factory.mktemp("qwen") / "qwen"
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                            chat_template=CHATML).save_pretrained(base)
+    torch.manual_seed(0)
+    Qwen3ForCausalLM(Qwen3Config(vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=128,
+                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                 max_position_embeddings=256, tie_word_embeddings=True)).save_pretrained(base)
+    return base
+
+
+def sft_records(n: int = 24) -> list[tuple[str, dict]]:
+    en, ko = fixture_docs("english_web.jsonl"), fixture_docs("korean_1961.jsonl")
+    return [(f"r{i}", {"id": i, "instruction": en[i][:60], "output": ko[i][:80]}) for i in range(n)]
+
+
+def test_sft_with_the_bases_chat_template(qwen_base, tmp_path):
+    from data_prep.sft import prepare_sft, read_sft, to_messages
+    from minimodel.config import StageConfig, load_config
+    from minimodel.sft import run
+    from test_cpt_fixtures import stage_overrides
+
+    tok = open_tokenizer(qwen_base)
+    assert tok.bos_id is None and not tok.adds_bos and tok.eos_id == 0
+    recs = sft_records()
+    m = prepare_sft(tmp_path / "sft", qwen_base, recs, val_fraction=0.25)
+    assert m["tokenizer"]["kind"] == "hf" and m["template"] == "the base's chat template"
+    replies = [to_messages(r)[-1]["content"] for _, r in recs]  # as cleaned for training
+    for split in ("train", "val"):
+        for ids, mask in read_sft(tmp_path / "sft", split):
+            text, answer = (tok.tok.decode(x.tolist(), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+                            for x in (ids, ids[mask == 1]))
+            reply = next(a for a in replies if text.endswith(a + "<|im_end|>\n"))
+            # the mask covers exactly the assistant reply and the end of its turn, nothing of the prompt
+            assert answer == reply + "<|im_end|>\n" and text.startswith("<|im_start|>user\n")
+    out = tmp_path / "run"
+    result = run(load_config(None, stage_overrides(qwen_base, tmp_path / "sft", out, **{"train.steps": 4}),
+                             cls=StageConfig))
+    assert result["step"] == 4 and result["info"]["tokenizer"] == "same"
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(out / "final").chat_template == CHATML
+
+
+def test_a_template_without_assistant_turns_is_refused(qwen_base, tmp_path):
+    import shutil
+
+    from data_prep.sft import prepare_sft
+
+    bad = tmp_path / "bad"
+    shutil.copytree(qwen_base, bad)
+    cfg = json.loads((bad / "tokenizer_config.json").read_text())
+    cfg["chat_template"] = "{% for m in messages if m['role'] == 'user' %}{{ m['content'] }}{% endfor %}"
+    (bad / "tokenizer_config.json").write_text(json.dumps(cfg))
+    (bad / "chat_template.jinja").unlink(missing_ok=True)
+    with pytest.raises(UserError, match="does not render assistant turn 1"):
+        prepare_sft(tmp_path / "sft", bad, sft_records(4))
+    assert not (tmp_path / "sft").exists()
