@@ -58,6 +58,7 @@ def model_meta(lm: CausalLM, args, module: str, argv: list[str]) -> dict:
     return {"model": lm.name, "spec": src.spec if src else None,
             "adapter": str(src.path) if src and src.kind == "adapter" else None, "kind": lm.kind,
             "tokenizer_sha256": lm.tokenizer.sha256 if lm.tokenizer else None,
+            "tokenizer_kind": lm.tokenizer.kind if lm.tokenizer else None, "params": lm.num_params(),
             "stage": args.stage, "base": args.base, "command": shlex.join(["python", "-m", module, *argv])}
 
 

@@ -94,9 +94,12 @@ def wall_seconds(metrics: list[dict]) -> float | None:
 def collect_run(run_dir: Path, rate: float) -> dict:
     if not run_dir.is_dir():
         raise UserError(f"run directory not found: {run_dir}")
-    if not (run_dir / "config.toml").is_file():
-        raise UserError(f"{run_dir} has no config.toml: not a run directory")
     bpb = _json(run_dir / "eval" / "bpb.json")
+    if not (run_dir / "config.toml").is_file():
+        if bpb is None:
+            raise UserError(f"{run_dir} has no config.toml: not a run directory (nor the eval/ of a model "
+                            "evaluated with eval.bpb --out DIR/eval/bpb.json)")
+        return collect_external(run_dir, bpb)
     if bpb is None:
         raise UserError(f"{run_dir} lacks the bits-per-byte stage (eval/bpb.json) the report needs; run "
                         f"python -m eval.bpb {run_dir} --data HELDOUT_SET ... first")
@@ -133,6 +136,28 @@ def collect_run(run_dir: Path, rate: float) -> dict:
             "commit": run.commit, "command": run.command}
 
 
+def collect_external(eval_dir: Path, bpb: dict) -> dict:
+    """A model the kit did not train (a Hugging Face base, a hub id), evaluated into eval_dir/eval/: a row
+    as it is, named by what eval.bpb loaded, its shape read the way the stages read it."""
+    gens, lme = _json(eval_dir / "eval" / "generations.json"), _json(eval_dir / "eval" / "lm_eval.json")
+    _check_stage_docs(eval_dir, bpb, gens, lme)
+    spec = bpb.get("spec") if isinstance(bpb.get("spec"), str) else None
+    try:
+        shape = model_shape(spec) if spec else None
+    except UserError:  # moved or offline since it was evaluated: the row keeps what bpb.json says
+        shape = None
+    summary = {"preset": None, "d_model": getattr(shape, "d_model", None), "n_layers": getattr(shape, "n_layers", None),
+               "vocab_size": getattr(shape, "vocab_size", None), "qk_norm": getattr(shape, "qk_norm", None),
+               "optimizer": None, "lr": None, "steps": None, "data": None, "lora_rank": None,
+               "full_finetune": False, "replay_ratio": None, "tokenizer": bpb.get("tokenizer_kind")}
+    params = bpb.get("params") if _is_num(bpb.get("params")) else None
+    return {"run_dir": str(eval_dir), "spec": spec, "stage": bpb.get("stage") or "base", "base_ref": bpb.get("base"),
+            "bpb_doc": bpb, "config": {}, "metrics": [], "generations": gens, "lm_eval": lme, "params": params,
+            "tokens": None, "wall_s": None, "world_size": 1, "device_hours": None, "cost_usd": None,
+            "hardware": "(not trained here)", "tok_per_s": None, "summary": summary, "language": None,
+            "seed": None, "commit": None, "command": bpb.get("command")}
+
+
 def hardware(recorded: str, configured: str) -> str:
     dev = recorded or configured
     return dev if dev and dev != "auto" else "(device not logged)"
@@ -144,13 +169,15 @@ def run_names(dirs: list[Path]) -> list[str]:
 
 
 def resolve_base(ref: str, runs: dict[str, dict]) -> str | None:
-    """The report's name for a base reference (a run dir, its final/, or a run name)."""
+    """The report's name for a base reference (a run dir, its final/, a run name, or the model an
+    external row evaluated: a Hugging Face directory or hub id)."""
     if ref in runs:
         return ref
     p = Path(ref).resolve()
     for name, r in runs.items():
         d = Path(r["run_dir"]).resolve()
-        if p in (d, d / "final", d / "adapter"):
+        if p in (d, d / "final", d / "adapter") or ref == r.get("spec") or (
+                r.get("spec") and Path(r["spec"]).exists() and p == Path(r["spec"]).resolve()):
             return name
     return None
 
@@ -367,7 +394,9 @@ def render_md(rep: dict) -> str:
           "|" + "---|" * (11 + len(sets))]
     for n, m in models.items():
         c = m["config"]
-        shape = (f"{c['preset'] + ' ' if c['preset'] else ''}d{c['d_model']} L{c['n_layers']}" + (f", LoRA r{c['lora_rank']}" if c["lora_rank"] else "")
+        shape = (f"{c['preset'] + ' ' if c['preset'] else ''}d{c['d_model']} L{c['n_layers']}"
+                 + (f", {c['tokenizer']} tokenizer" if c.get("tokenizer") else "")
+                 + (f", LoRA r{c['lora_rank']}" if c["lora_rank"] else "")
                  + (", full FT" if c["full_finetune"] else "") + (f", replay {c['replay_ratio']:.0%}" if c["replay_ratio"] else ""))
         L.append(f"| {n} | {m['stage']} | {m['base'] or '–'} | {shape} | {c['optimizer'] or '–'} | "
                  f"{fmt(m['params'] and m['params'] / 1e6, '.2f')}M | {fmt(m['tokens'] and m['tokens'] / 1e6, '.2f')}M | "

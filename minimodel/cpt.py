@@ -47,7 +47,9 @@ class ContinuedPretraining:
                                     dist.rank, dist.world_size, position)
             return TrainStream(train, cfg.train.seed, dist.rank, dist.world_size, position)
 
-        return StageData(train, val, data_dir / train.manifest["tokenizer"]["file"], stream, extra_val, val_name)
+        known = tuple(extra_val)[:1] if replay is not None else ()  # the replay set: the base's own language
+        return StageData(train, val, data_dir / train.manifest["tokenizer"]["file"], stream, extra_val, val_name,
+                         known)
 
     def model(self, cfg: CptConfig, data: StageData) -> Built:
         return adapter_model(cfg, data, self.name)

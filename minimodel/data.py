@@ -171,6 +171,7 @@ class StageData:
     stream: Callable[[int], Stream]               # position -> the training stream from there
     extra_val: dict[str, Windows] = field(default_factory=dict)  # logged as val_bpb_<name>
     val_name: str | None = None                   # val's metrics are also logged as val_bpb_<val_name>
+    known_sets: tuple[str, ...] = ()              # extra_val sets in a language the base already knows
 
     def all_sets(self) -> list[Windows]:
         return [self.train, self.val, *self.extra_val.values()]

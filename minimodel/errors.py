@@ -15,6 +15,19 @@ def error_gist(e: BaseException) -> str:
     return " ".join(lines[:2])[:240] if lines else type(e).__name__
 
 
+def hf_load_errors() -> tuple:
+    """What transformers raises for a config.json or weights it cannot use. Config classes use their
+    fields unchecked: a bad value is a ValueError or KeyError, a wrong type a TypeError,
+    AttributeError, IndexError or huggingface_hub's StrictDataclassError; a weight of another shape
+    is a RuntimeError, a cut safetensors file an OSError or safetensors' own error. An ImportError
+    (a missing package, a version skew) is not bad input and keeps its traceback."""
+    from huggingface_hub.errors import StrictDataclassError
+    from safetensors import SafetensorError
+
+    return (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError, RuntimeError,
+            StrictDataclassError, SafetensorError)
+
+
 def cli_entry(main):
     """Wrap a stage's main(): a UserError prints `error: ...` and exits with status 2."""
     @functools.wraps(main)

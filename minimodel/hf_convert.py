@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from minimodel.errors import UserError, error_gist
+from minimodel.errors import UserError, error_gist, hf_load_errors
 from minimodel.io import read_json_object
 from minimodel.model import MiniModel, ModelConfig
 
@@ -117,7 +117,6 @@ def native_from_hf(model_dir: Path) -> MiniModel:
     from dataclasses import asdict
 
     from minimodel.config import model_config_of
-    from minimodel.loading import hf_load_errors
     from transformers import AutoConfig
 
     read_json_object(model_dir / "config.json", "copy the model's config.json again")

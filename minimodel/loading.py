@@ -26,7 +26,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn as nn
 
-from minimodel.errors import UserError, error_gist
+from minimodel.errors import UserError, error_gist, hf_load_errors
 from minimodel.io import read_json_object, read_toml
 from minimodel.loss import cross_entropy
 from minimodel.model import MiniModel, ModelConfig
@@ -358,19 +358,6 @@ def shape_of_hf_config(hf_config) -> ModelConfig:
         tie_embeddings=bool(get("tie_word_embeddings", default=False)),
         max_seq_len=get("max_position_embeddings", default=2048),
     )
-
-
-def hf_load_errors() -> tuple:
-    """What transformers raises for a config.json or weights it cannot use. Config classes use their
-    fields unchecked: a bad value is a ValueError or KeyError, a wrong type a TypeError,
-    AttributeError, IndexError or huggingface_hub's StrictDataclassError; a weight of another shape
-    is a RuntimeError, a cut safetensors file an OSError or safetensors' own error. An ImportError
-    (a missing package, a version skew) is not bad input and keeps its traceback."""
-    from huggingface_hub.errors import StrictDataclassError
-    from safetensors import SafetensorError
-
-    return (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError, RuntimeError,
-            StrictDataclassError, SafetensorError)
 
 
 def load_hf_causal_lm(source: str | Path, what: str = "model", **kw):

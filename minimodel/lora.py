@@ -197,7 +197,8 @@ def load_peft(net: nn.Module, adapter_dir: Path) -> nn.Module:
     """peft.PeftModel.from_pretrained with a damaged adapter_config.json or adapter weights reported as a
     UserError naming the directory. peft uses the config's fields without checking their types, so a
     wrong type surfaces as AttributeError, TypeError or IndexError; a bad value as ValueError or KeyError; a cut
-    weights file as OSError or safetensors' own error; factors of another shape as RuntimeError."""
+    weights file as OSError or safetensors' own error; factors of another shape as RuntimeError; and the
+    config can name a module peft then imports (megatron_core): ImportError, named in the message."""
     import peft
     from safetensors import SafetensorError
 
@@ -209,7 +210,7 @@ def load_peft(net: nn.Module, adapter_dir: Path) -> nn.Module:
             model = peft.PeftModel.from_pretrained(net, str(adapter_dir))
     except torch.OutOfMemoryError:
         raise
-    except (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError, RuntimeError,
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError, RuntimeError, ImportError,
             SafetensorError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise UserError(f"cannot load the adapter in {adapter_dir}: {type(e).__name__}: {first}; "

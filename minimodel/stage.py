@@ -10,6 +10,7 @@ stage's result is the next stage's base) and, for LoRA stages, adapter/.
 """
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ class Built:
     finish: Callable[[Path], dict]      # writes final/ (and adapter/) once every step is done
     embed_lr: float | None = None       # embeddings' own learning rate (adapter stages)
     vocab_fix: str | None = None        # what to say when the data's ids exceed the model's rows
+    max_start_loss: float | None = None  # a trained base starts below this on data.known_sets (nats)
 
 
 class Stage(Protocol):
@@ -100,7 +102,7 @@ def run_stage(stage: Stage, cfg) -> dict:
         if dist.is_main:
             tracker.write(f"{built.summary}, world size {dist.world_size}, device {dist.device.type}")
         state = train(Job(model, optimizers, cfg, dist, run_dir, data, tracker,
-                          token_byte_lengths(data.tokenizer, vocab), built.trained))
+                          token_byte_lengths(data.tokenizer, vocab), built.trained, built.max_start_loss))
         tracker.close()
         out = {"step": state.step, "tokens": state.tokens, "run_dir": str(run_dir), "model": model,
                "info": built.info}
@@ -169,8 +171,12 @@ def adapter_model(cfg: StageConfig, data: StageData, stage: str) -> Built:
                                        None if extended else source_dir))
         return out
 
+    # A trained base reads text in a language it knows far better than a uniform guess (ln V nats); one
+    # nat worse than that on the replay set means the ids mean nothing to it: another tokenizer's data.
+    # (A new language may well start worse than uniform: an English core is confidently wrong on Korean.)
     return Built(lm, view, info, summary, finish, embed_lr=embed_lr,
-                 vocab_fix="the data and the base disagree on the tokenizer")
+                 vocab_fix="the data and the base disagree on the tokenizer",
+                 max_start_loss=math.log(lm.config.vocab_size) + 1.0)
 
 
 def check_same_tokenizer(data_dir: Path, other: Path, what: str) -> None:

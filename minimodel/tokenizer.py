@@ -16,7 +16,7 @@ from typing import Protocol
 import sentencepiece as spm
 import torch
 
-from minimodel.errors import UserError, error_gist
+from minimodel.errors import UserError, error_gist, hf_load_errors
 from minimodel.io import file_sha256
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
@@ -154,7 +154,7 @@ class HFTokenizer:
         self.path = Path(path)
         try:
             self.tok = AutoTokenizer.from_pretrained(str(path))
-        except (OSError, ValueError, TypeError, KeyError) as e:
+        except hf_load_errors() as e:  # it reads the directory's config.json too
             raise UserError(f"cannot load the tokenizer of {path}: {error_gist(e)}; "
                             "copy the model's tokenizer files beside it") from None
         self.file = self.path / "tokenizer.json"
@@ -281,10 +281,28 @@ def tokenizer_in(model_dir: Path) -> Tokenizer | None:
     """The tokenizer stored in a model (or adapter) directory: the kit's sentencepiece model when there
     is one, else a Hugging Face tokenizer; None when the directory holds neither."""
     if (model_dir / "tokenizer.model").is_file():
-        return SPTokenizer(model_dir / "tokenizer.model")
+        sp = SPTokenizer(model_dir / "tokenizer.model")
+        if (model_dir / "tokenizer.json").is_file():
+            _check_agree(sp, HFTokenizer(model_dir))
+        return sp
     if any((model_dir / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
         return HFTokenizer(model_dir)
     return None
+
+
+# Short texts both tokenizers of a directory must encode alike (the kit's exports are verified on more).
+AGREEMENT_TEXTS = ("In the beginning God created the heaven and the earth, 1234 times.\n  Two  spaces;",
+                   "태초에 하나님이 천지를 창조하시니라. 2024년 3월 1일", "Emoji 🙂, 漢字 and ünïcödé")
+
+
+def _check_agree(sp: SPTokenizer, hf: HFTokenizer) -> None:
+    """A directory holding a tokenizer.model and a tokenizer.json that encode differently would be read
+    one way by the kit and another way by transformers: refuse it."""
+    for text in AGREEMENT_TEXTS:
+        if sp.encode(text) != hf.encode(text):
+            raise UserError(f"{sp.path.parent} holds a tokenizer.model and a tokenizer.json that encode text "
+                            f"differently ({text[:20]!r}...), so one is another tokenizer than the model's: the kit "
+                            "would read one and transformers the other; remove the one that does not belong to it")
 
 
 def tokenizer_relation(base_tok: Tokenizer | None, data_tok: Path, base_source: str) -> str:

@@ -117,6 +117,7 @@ class Job:
     tracker: Tracker
     token_bytes: torch.Tensor | None  # UTF-8 bytes per token id, for bits per byte
     ckpt_model: nn.Module            # what checkpoints hold (adapter stages: the trainable tensors only)
+    max_start_loss: float | None = None  # on data.known_sets: above it, the ids mean nothing to the model
 
 
 def train(job: Job) -> TrainState:
@@ -185,6 +186,14 @@ def train(job: Job) -> TrainState:
     if found is None:
         metrics = evaluate_all()  # the starting point of the curve
         tracker.log(0, tokens=0, **metrics)
+        for name in data.known_sets if job.max_start_loss is not None else ():
+            if not metrics[f"val_loss_{name}"] <= job.max_start_loss:
+                raise UserError(
+                    f"the base's first validation loss on {name}, a language it knows (the replay set), is "
+                    f"{metrics[f'val_loss_{name}']:.2f} nats: worse than a uniform guess over its "
+                    f"{model.config.vocab_size} tokens ({math.log(model.config.vocab_size):.2f}). The data was "
+                    "most likely tokenised with another tokenizer than the one the base was trained with; "
+                    "prepare it with the base's own tokenizer (python -m data_prep.prepare --tokenizer BASE_DIR)")
     model.train()
     t_last, tokens_last = time.perf_counter(), state.tokens
     last_ckpt_step = state.step

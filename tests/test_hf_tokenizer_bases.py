@@ -120,6 +120,20 @@ def test_cpt_with_replay_on_the_hf_base(llama_base, tmp_path):
     assert ours == pytest.approx(nll.item() / math.log(2) / len(text.encode("utf-8")), rel=1e-4)
     # the shards of the same tokenizer are scored too (the data's tokenizer is the model's)
     assert bits_per_byte(lm, parse_set(f"ko={tmp_path / 'ko'}:val"))["bpb"] > 0
+    # the report takes the base as it is (no config.toml): evaluated into a directory of its own
+    from eval.bpb import main as bpb_main
+    from eval.report import main as report_main
+
+    sets = ["--data", f"ko={tmp_path / 'ko'}:val", "--data", f"en={tmp_path / 'en'}:val", "--device", "cpu"]
+    bpb_main([str(llama_base), "--stage", "base", "--out", str(tmp_path / "llama_base" / "eval" / "bpb.json"), *sets])
+    bpb_main([str(out), *sets])
+    rep = report_main([str(tmp_path / "llama_base"), str(out), "--out", str(tmp_path / "report")])
+    base_row = rep["models"]["llama_base"]
+    assert base_row["stage"] == "base" and base_row["params"] == lm.num_params()
+    assert base_row["config"]["d_model"] == 64 and base_row["config"]["tokenizer"] == "hf"
+    assert {(f["base"], f["adapted"], f["set"]) for f in rep["forgetting"]} == {
+        ("llama_base", "cpt", "ko"), ("llama_base", "cpt", "en")}
+    assert "| llama_base | base | – | d64 L2, hf tokenizer |" in (tmp_path / "report" / "report.md").read_text()
 
 
 def test_data_of_another_tokenizer_is_refused(llama_base, tmp_path, bilingual):
@@ -206,3 +220,40 @@ def test_a_template_without_assistant_turns_is_refused(qwen_base, tmp_path):
     with pytest.raises(UserError, match="does not render assistant turn 1"):
         prepare_sft(tmp_path / "sft", bad, sft_records(4))
     assert not (tmp_path / "sft").exists()
+
+
+def test_a_base_whose_two_tokenizers_disagree_is_refused(llama_base, bilingual, tmp_path):
+    """A tokenizer.model placed beside a base that uses tokenizer.json (the kit's exports carry both,
+    verified equal): the kit would read one and transformers the other."""
+    import shutil
+
+    from minimodel.loading import load
+
+    odd = tmp_path / "odd"
+    shutil.copytree(llama_base, odd)
+    shutil.copy2(bilingual["tok_shared"], odd / "tokenizer.model")
+    with pytest.raises(UserError, match="tokenizer.model and a tokenizer.json that encode text differently"):
+        load(odd)
+    assert load(bilingual["core"]).tokenizer.kind == "sentencepiece"  # one tokenizer file: nothing to compare
+
+
+def test_replay_text_worse_than_uniform_stops_the_stage(bilingual, tmp_path):
+    """A base that reads its own language worse than a uniform guess is reading ids that mean nothing
+    to it: the stage stops after the first evaluation, saying why (a new language may start that bad)."""
+    from minimodel.config import CptConfig, load_config
+    from minimodel.cpt import run
+    from minimodel.loading import load
+    from test_cpt_fixtures import stage_overrides, write_native_base
+
+    model = load(bilingual["core"]).net
+    with torch.no_grad():
+        model.lm_head.weight.mul_(40.0)  # confidently wrong about every next token
+    base = write_native_base(tmp_path / "base", model, bilingual["tok_shared"])
+    cfg = stage_overrides(base, bilingual["ko"], tmp_path / "cpt",
+                          **{"replay.path": str(bilingual["en"]), "replay.ratio": 0.05})
+    with pytest.raises(UserError, match="first validation loss on en, a language it knows .* worse than a "
+                                        "uniform guess over its 1024 tokens"):
+        run(load_config(None, cfg, cls=CptConfig))
+    assert not (tmp_path / "cpt" / "checkpoints").exists()
+    run(load_config(None, stage_overrides(bilingual["core"], bilingual["ko"], tmp_path / "ok", **{
+        "replay.path": str(bilingual["en"]), "replay.ratio": 0.05, "train.steps": 2}), cls=CptConfig))
