@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from minimodel.errors import UserError, cli_entry
-from eval.models import load_model, model_cli, model_meta, output_path, small_model_threads
+from eval.models import (free_memory, load_model, model_cli, model_meta, output_path, scoring_batch,
+                         small_model_threads)
 from minimodel.loading import CausalLM
 from eval.scoring import score_docs
 from minimodel.io import read_json_object, read_jsonl_objects, read_utf8, write_json
@@ -116,20 +117,23 @@ def shard_docs(set_dir: Path, split: str, lm: CausalLM) -> tuple[list[list[int]]
 
 
 def bits_per_byte(lm: CausalLM, s: dict, ctx: int | None = None, stride: int | None = None,
-                  batch_size: int = 16, max_docs: int | None = None) -> dict:
+                  batch_size: int = 16, max_docs: int | None = None, max_bytes: int | None = None) -> dict:
     ctx = ctx or lm.context
     stride = stride or max(ctx // 2, 1)
     if stride > ctx:
         raise UserError(f"--stride {stride} is larger than the context {ctx}")
     if s["kind"] == "text":
         texts = read_texts(Path(s["path"]))[0][:max_docs]
+        if max_bytes:  # whole documents, up to the first that crosses the limit
+            sizes = np.cumsum([len(t.encode("utf-8")) for t in texts])
+            texts = texts[:int(np.searchsorted(sizes, max_bytes)) + 1]
         if not texts:
             raise UserError(f"{s['path']} holds no documents")
         docs = [lm.tokenizer.encode(t) for t in texts]
         n_bytes, prefix = sum(len(t.encode("utf-8")) for t in texts), None
     else:
-        if max_docs:
-            raise UserError("--max-docs applies to text sets only")
+        if max_docs or max_bytes:
+            raise UserError("--max-docs and --max-bytes apply to text sets only")
         docs, n_bytes, prefix = shard_docs(Path(s["path"]), s["split"], lm)
     with small_model_threads(lm):
         nll = -sum(score_docs(lm, docs, ctx, stride, batch_size, prefix_id=prefix))
@@ -143,8 +147,10 @@ def parse_args(argv):
     ap.add_argument("--data", action="append", required=True, help="held-out set (repeatable)")
     ap.add_argument("--ctx", type=int, help="context length (default: the run's training seq_len)")
     ap.add_argument("--stride", type=int, help="sliding-window stride (default ctx/2)")
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, help="windows scored at once (default: what the free memory holds, "
+                    "at most 16)")
     ap.add_argument("--max-docs", type=int, help="score only the first N documents of text sets")
+    ap.add_argument("--max-bytes", type=int, help="score only the first documents of text sets, about N bytes")
     return ap.parse_args(argv)
 
 
@@ -158,9 +164,12 @@ def main(argv=None) -> dict:
         raise UserError(f"two held-out sets are named {sorted(dupes)}; name them NAME=PATH")
     lm = load_model(args.model, args.adapter, args.device, args.ctx)
     out = output_path(lm, args.out, "bpb.json")
+    batch = args.batch_size or scoring_batch(lm, lm.context)
+    print(f"{lm.name}: context {lm.context}, batch {batch} ({free_memory(lm.device) / 2**30:.1f} GiB free; "
+          "--ctx and --batch-size to change)", file=sys.stderr)
     results = {}
     for s in sets:
-        results[s["name"]] = r = bits_per_byte(lm, s, args.ctx, args.stride, args.batch_size, args.max_docs)
+        results[s["name"]] = r = bits_per_byte(lm, s, args.ctx, args.stride, batch, args.max_docs, args.max_bytes)
         print(f"{lm.name}  {s['name']:<16} {r['bpb']:.4f} bits/byte  ({r['docs']} docs, {r['tokens']} tokens, "
               f"{r['bytes']} bytes, ctx {r['context']}, stride {r['stride']})", file=sys.stderr)
     doc = {**model_meta(lm, args, "eval.bpb", argv), "sets": results}

@@ -4,7 +4,9 @@ context the run was trained with. The tokenizer is the model's own (minimodel.to
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -12,6 +14,8 @@ import torch
 
 from minimodel.errors import UserError
 from minimodel.loading import CausalLM, load
+
+EXTERNAL_CONTEXT = 2048  # default context for a model not trained here (a run is scored at its own)
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -26,9 +30,30 @@ def load_model(spec: str | Path, adapter: str | Path | None = None, device: str 
     in eval mode, with a tokenizer; `context` overrides the trained context."""
     lm = load(spec, adapter)
     lm.require_tokenizer()
-    lm.context = int(context or lm.context)
+    if context:
+        lm.context = int(context)
+    elif lm.run_dir is None and lm.context > EXTERNAL_CONTEXT:
+        # a base not trained here: its maximum (8192 and more) costs memory and hours on a CPU
+        print(f"note: {lm.name} is scored at context {EXTERNAL_CONTEXT} (its maximum is {lm.context}; "
+              "--ctx to change)", file=sys.stderr)
+        lm.context = EXTERNAL_CONTEXT
     lm.name = name or lm.name
     return lm.to(pick_device(device)).eval()
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free on the device (CUDA) or in RAM (CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def scoring_batch(lm: CausalLM, ctx: int, limit: int = 16) -> int:
+    """Windows scored at once: as many as keep a quarter of the free memory enough for each window's
+    fp32 logits (ctx x vocab, three times: logits, log-softmax, a copy) and activations, at most `limit`.
+    A 150k-token vocabulary at context 2048 needs ~3.7 GB per window."""
+    per_window = ctx * (lm.config.vocab_size * 4 * 3 + lm.config.d_model * 4 * 16)
+    return max(1, min(limit, int(free_memory(lm.device) // 4 // per_window)))
 
 
 def model_cli(prog: str, doc: str, out_file: str) -> argparse.ArgumentParser:

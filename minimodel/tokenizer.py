@@ -165,7 +165,9 @@ class HFTokenizer:
         self.adds_bos = self.bos_id is not None and self.tok.encode("a")[:1] == [self.bos_id]
 
     def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=False)
+        # the backend directly: transformers would warn that a document is longer than the model's
+        # maximum, which windowed scoring handles
+        return self.tok.backend_tokenizer.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)

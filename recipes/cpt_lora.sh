@@ -2,6 +2,9 @@
 # Teach a base Korean by continued pretraining through LoRA (+ embed_tokens/lm_head), with replay.
 #   RECIPE=core bash recipes/cpt_lora.sh        # our 104M core -> Korean Wikipedia, 5% English replay
 #   RECIPE=mistral7b bash recipes/cpt_lora.sh   # the reference: Mistral-7B, unsloth 4-bit, rank 128, 5e-5/1e-5
+#   RECIPE=qwen3_0.6b bash recipes/cpt_lora.sh  # a small hub base with its own tokenizer.json; also
+#                                               # smollm2_360m, llama3.2_1b, gemma3_270m (gated ones need hf auth login)
+#   RECIPE=all PLAN=1 bash recipes/cpt_lora.sh  # memory and time of every preset (reads each base's config.json)
 #   REPLAY=0.25 RANK=64 bash recipes/cpt_lora.sh    # the knobs the forgetting report compares
 #   LORA=false bash recipes/cpt_lora.sh             # full fine-tuning at the same token budget (reference arm)
 # Knobs: those of recipes/lib.sh (NPROC NNODES NODE_RANK MASTER_ADDR MASTER_PORT WANDB_RUN DATA_DIR OUT)
@@ -13,15 +16,36 @@ RECIPE="${RECIPE:-core}"
 KO_DOCS="${KO_DOCS:-300000}"        # ~5% of Korean Wikipedia's 650k articles, as in the reference run
 REPLAY="${REPLAY:-0.05}"
 LORA="${LORA:-true}"
+# Small hub bases that ship their own tokenizer.json: hub id, learning rate, LoRA rank, sequence length.
+declare -A HF_BASES=(
+    [qwen3_0.6b]="Qwen/Qwen3-0.6B 1e-4 64 1024"
+    [smollm2_360m]="HuggingFaceTB/SmolLM2-360M 2e-4 64 1024"
+    [llama3.2_1b]="meta-llama/Llama-3.2-1B 1e-4 64 1024"
+    [gemma3_270m]="google/gemma-3-270m 2e-4 32 1024"
+)
+if [ "$RECIPE" = all ]; then  # PLAN=1 for every preset, one after another
+    [ "$PLAN" = 1 ] || { echo "error: RECIPE=all is for PLAN=1" >&2; exit 2; }
+    for r in core mistral7b "${!HF_BASES[@]}"; do
+        echo "== $r"; RECIPE="$r" PLAN=1 bash "$ROOT/recipes/cpt_lora.sh" || true
+    done
+    exit 0
+fi
+HF_ARGS=()
 case "$RECIPE" in
     core) CONFIG=recipes/configs/cpt_core_ko.toml; BASE="${BASE:-$OUT/core_104m}" ;;
     mistral7b) CONFIG=recipes/configs/cpt_7b_unsloth.toml; BASE="${BASE:-mistralai/Mistral-7B-v0.3}" ;;
-    *) echo "error: RECIPE must be core or mistral7b" >&2; exit 2 ;;
+    *)
+        [ -n "${HF_BASES[$RECIPE]:-}" ] || {
+            echo "error: RECIPE must be core, mistral7b, all (with PLAN=1) or one of: ${!HF_BASES[*]}" >&2; exit 2; }
+        read -r hub lr rank seq <<< "${HF_BASES[$RECIPE]}"
+        CONFIG=recipes/configs/cpt_hf_base.toml; BASE="${BASE:-$hub}"
+        HF_ARGS=(optim.lr="$lr" data.seq_len="$seq")
+        RANK="${RANK:-$rank}" ;;
 esac
 NAME="${NAME:-cpt_${RECIPE}_ko_replay${REPLAY}_lora${LORA}${RANK:+_r$RANK}}"
 KO_RAW="$DATA_DIR/kowiki_raw.jsonl"
 # PLAN=1: memory per GPU, time and cost of this stage (frozen base, trainable adapters); runs nothing
-maybe_plan "$CONFIG" base.path="$BASE" lora.enabled="$LORA" ${RANK:+lora.rank=$RANK}
+maybe_plan "$CONFIG" base.path="$BASE" lora.enabled="$LORA" ${RANK:+lora.rank=$RANK} "${HF_ARGS[@]}"
 
 stage "data: $KO_DOCS Korean Wikipedia articles -> $KO_RAW"
 if [ ! -f "$KO_RAW" ]; then
@@ -48,6 +72,15 @@ if [ "$RECIPE" = core ]; then
         --hf HuggingFaceFW/fineweb-edu --hf-config sample-10BT --max-docs "${EN_DOCS:-100000}" --lang en \
         --licence odc-by-1.0 --tokenizer "$EXT_TOK" --num-proc "$(nproc)"
     DATA_ARGS=(data.path="$DATA_DIR/kowiki_ext" replay.path="$DATA_DIR/fineweb_ext" replay.ratio="$REPLAY")
+elif [ "$RECIPE" != mistral7b ]; then
+    stage "data: Korean shards and the English replay set with $BASE's own tokenizer"
+    KO_SET="$DATA_DIR/kowiki_$RECIPE" EN_SET="$DATA_DIR/fineweb_$RECIPE"
+    [ -f "$KO_SET/manifest.json" ] || "$PY" -m data_prep.prepare --out "$KO_SET" --files "$KO_RAW" --lang ko \
+        --licence cc-by-sa-4.0 --tokenizer "$BASE" --num-proc "$(nproc)"
+    [ -f "$EN_SET/manifest.json" ] || "$PY" -m data_prep.prepare --out "$EN_SET" \
+        --hf HuggingFaceFW/fineweb-edu --hf-config sample-10BT --max-docs "${EN_DOCS:-100000}" --lang en \
+        --licence odc-by-1.0 --tokenizer "$BASE" --num-proc "$(nproc)"
+    DATA_ARGS=(data.path="$KO_SET" replay.path="$EN_SET" replay.ratio="$REPLAY" "${HF_ARGS[@]}")
 else
     stage "data: Korean shards with Mistral's own tokenizer"
     TOK="$DATA_DIR/tokenizers/mistral7b.model"

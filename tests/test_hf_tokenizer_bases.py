@@ -34,8 +34,8 @@ def llama_base(tmp_path_factory):
                                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
     base = root / "llama"
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                            pad_token="<pad>").save_pretrained(base)
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                            model_max_length=256).save_pretrained(base)
     torch.manual_seed(0)
     LlamaForCausalLM(LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=128,
                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -257,3 +257,35 @@ def test_replay_text_worse_than_uniform_stops_the_stage(bilingual, tmp_path):
     assert not (tmp_path / "cpt" / "checkpoints").exists()
     run(load_config(None, stage_overrides(bilingual["core"], bilingual["ko"], tmp_path / "ok", **{
         "replay.path": str(bilingual["en"]), "replay.ratio": 0.05, "train.steps": 2}), cls=CptConfig))
+
+
+def test_eval_defaults_fit_the_machine(llama_base, tmp_path, monkeypatch, capsys):
+    """A base not trained here is scored at a bounded context, with a batch the free memory holds,
+    on as many bytes as asked, without transformers' warning about long documents."""
+    import logging
+
+    import eval.models as em
+    from eval.bpb import main
+
+    warnings = []  # transformers logs through its own handler, bound to whatever stderr was at import
+    handler = logging.Handler()
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    logging.getLogger("transformers").addHandler(handler)
+
+    ko = [" ".join(fixture_docs("korean_1961.jsonl")[i:i + 3]) for i in range(0, 15, 3)]  # > 256 tokens each
+    assert len(open_tokenizer(llama_base).encode(ko[0])) > 256
+    (tmp_path / "ko.jsonl").write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in ko))
+    monkeypatch.setattr(em, "EXTERNAL_CONTEXT", 128)
+    vocab = open_tokenizer(llama_base).vocab_size
+    per_window = 128 * (vocab * 4 * 3 + 64 * 4 * 16)
+    monkeypatch.setattr(em, "free_memory", lambda device: 4 * per_window * 3 + 1)  # room for 3 windows
+    limit = len(ko[0].encode("utf-8")) + 1  # crosses into the second document
+    doc = main([str(llama_base), "--data", f"ko={tmp_path / 'ko.jsonl'}", "--out", str(tmp_path / "b.json"),
+                "--max-bytes", str(limit), "--device", "cpu"])
+    r = doc["sets"]["ko"]
+    assert r["context"] == 128 and r["docs"] == 2 and r["bytes"] == sum(len(t.encode("utf-8")) for t in ko[:2])
+    logging.getLogger("transformers").removeHandler(handler)
+    err = capsys.readouterr().err
+    assert "scored at context 128 (its maximum is 256" in err and "context 128, batch 3" in err
+    assert not [w for w in warnings if "longer than the specified maximum" in w], warnings
+    assert em.scoring_batch(em.load_model(llama_base, device="cpu"), 128) == 3
