@@ -59,12 +59,10 @@ def prepare(args) -> dict:
     splits = split_docs(docs, args.val_fraction, args.seed)
     by_split = {s: [d.text for d in ds] for s, ds in splits.items()}
     with tempfile.TemporaryDirectory() as tmp:
-        tok = Path(args.tokenizer) if args.tokenizer else None
+        tok = args.tokenizer  # a file, a model directory or a hub id: minimodel.tokenizer.open_tokenizer
         if tok is None:
             tok = train_tokenizer(by_split["train"], Path(tmp) / "tokenizer.model", args.vocab_size,
                                   args.model_type)
-        elif not tok.exists():
-            raise UserError(f"tokenizer not found: {tok}")
         lang = args.lang or "text"
         report = tokenizer_report(tok, {lang: by_split["val"] or by_split["train"][:200]})
         return prepare_from_docs(args.out, tok, by_split, sources, num_proc=args.num_proc,

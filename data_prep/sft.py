@@ -151,8 +151,6 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     if not a.files and not a.hf:
         raise UserError("no source given; use --files or --hf")
-    if not Path(a.tokenizer).exists():
-        raise UserError(f"tokenizer not found: {a.tokenizer}")
     recs = sft_records(a.files, a.hf, a.hf_config, a.hf_split, a.hf_data_files)
     if a.max_examples is not None:
         import itertools

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from minimodel.errors import UserError, cli_entry
+from minimodel.errors import cli_entry
 from minimodel.tokenizer import Tokenizer, open_tokenizer
 
 
@@ -65,8 +65,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--input", action="append", required=True, help="LANG=GLOB (repeatable)")
     p.add_argument("--text-field", default="text")
     a = p.parse_args(argv)
-    if not Path(a.tokenizer).exists():
-        raise UserError(f"tokenizer not found: {a.tokenizer}")
     print(json.dumps(tokenizer_report(a.tokenizer, texts_by_language(a.input, a.text_field)), ensure_ascii=False,
                      indent=2))
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from minimodel.errors import UserError, error_gist, hf_load_errors
-from minimodel.io import read_json_object, read_toml
+from minimodel.io import read_json_object
 from minimodel.loss import cross_entropy
 from minimodel.model import MiniModel, ModelConfig
 from minimodel.tokenizer import Tokenizer, tokenizer_in
@@ -188,14 +188,16 @@ def adapter_base(adapter_dir: Path, run_dir: Path | None = None) -> str:
     return base
 
 
-def hub_snapshot(repo_id: str, revision: str | None = None) -> Path:
-    """A local snapshot of a hub model: config, safetensors weights and tokenizer files only."""
+def hub_snapshot(repo_id: str, revision: str | None = None, tokenizer_only: bool = False) -> Path:
+    """A local snapshot of a hub model: config, safetensors weights and tokenizer files only (or, with
+    tokenizer_only, the tokenizer's files and config.json: what data preparation needs)."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
+    files = ["*.json", "tokenizer.model", "*.tiktoken", "*.txt", "*.jinja"]
     try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=[
-            "*.json", "*.safetensors", "tokenizer.model", "*.tiktoken", "*.txt", "*.jinja"]))
+        return Path(snapshot_download(repo_id, revision=revision,
+                                      allow_patterns=files if tokenizer_only else [*files, "*.safetensors"]))
     except RepositoryNotFoundError:
         raise UserError(f"hub model {repo_id} does not exist (or is gated: log in with `hf auth login`)") from None
     except LocalEntryNotFoundError:

@@ -265,8 +265,13 @@ def copy_tokenizer(tok: Tokenizer, out_dir: Path) -> None:
 
 
 def open_tokenizer(path: str | Path) -> Tokenizer:
-    """A tokenizer named by its file (a sentencepiece .model, a tokenizer.json) or by a model directory."""
+    """A tokenizer named by its file (a sentencepiece .model, a tokenizer.json), a model directory, or a
+    hub id (when online, or cached)."""
     p = Path(path)
+    if not p.exists() and re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", str(path)) and not str(path).startswith("."):
+        from minimodel.loading import hub_snapshot  # a hub id: its tokenizer files only
+
+        p = hub_snapshot(str(path), tokenizer_only=True)
     if p.is_dir():
         tok = tokenizer_in(p)
         if tok is None:

@@ -80,6 +80,8 @@ def test_prepare_with_the_bases_tokenizer(llama_base, tmp_path):
                           str(tmp_path / "ko.jsonl"), "--tokenizer", str(tmp_path)],
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "holds no tokenizer" in bad.stderr
+    with pytest.raises(UserError, match="not in the local cache and the hub is offline"):
+        open_tokenizer("minimodel-test/no-such-base")  # a hub id: its tokenizer files, when online
 
 
 def test_cpt_with_replay_on_the_hf_base(llama_base, tmp_path):
