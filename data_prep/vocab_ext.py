@@ -1,9 +1,11 @@
-"""Vocabulary extension: add pieces learned on a new language to an existing sentencepiece model.
+"""Vocabulary extension: add pieces learned on a new language to an existing tokenizer: the kit's
+sentencepiece models, or a Hugging Face base's BPE tokenizer.json (byte-level or sentencepiece-style).
 
 Existing ids never move (new pieces are appended), so a model trained with the base
 tokenizer keeps its embeddings; rows for the new ids are added on the model side.
 
 CLI: python -m data_prep.vocab_ext --base en.model --input ko=ko/*.jsonl --new-vocab-size 8000 --out enko.model
+     python -m data_prep.vocab_ext --base path/to/hf_base --input ko=ko/*.jsonl --out tok/base_ko   (a directory)
 """
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ from typing import Iterable
 
 from data_prep.tokenizer import train_tokenizer
 from minimodel.errors import UserError, cli_entry
-from minimodel.io import write_bytes
-from minimodel.tokenizer import load_tokenizer
+from minimodel.io import atomic_dir, write_bytes, write_text
+from minimodel.tokenizer import HFTokenizer, copy_tokenizer, load_tokenizer, open_tokenizer
 
 
 def _varint(n: int) -> bytes:
@@ -80,6 +82,55 @@ def extend_tokenizer(base_path: str | Path, texts: Iterable[str], out_path: str 
     return {"base_vocab": base.get_piece_size(), "added": len(added), "vocab_size": ext.get_piece_size()}
 
 
+def extend_hf_tokenizer(base: str | Path, texts: Iterable[str], out_dir: str | Path,
+                        new_vocab_size: int = 8000, max_new: int | None = None) -> dict:
+    """Learn BPE merges on `texts` with the base's own normalizer and pre-tokenizer, and append the ones
+    that make new tokens: old ids never move, new ids follow the highest id in use (added tokens
+    included), new merges rank below every old one. Writes the base's tokenizer files into `out_dir`
+    with the extended tokenizer.json, after checking that old ids and round trips hold."""
+    from tokenizers import Tokenizer, pre_tokenizers, trainers
+
+    base_tok = open_tokenizer(base)
+    if base_tok.kind != "hf" or base_tok.sha256 is None:
+        raise UserError(f"{base} is not a Hugging Face tokenizer with a tokenizer.json")
+    spec = json.loads(base_tok.file.read_text(encoding="utf-8"))
+    model = spec["model"]
+    if model.get("type") != "BPE":
+        raise UserError(f"{base_tok.file}: a {model.get('type')} tokenizer; vocabulary extension supports BPE "
+                        "tokenizers (byte-level or sentencepiece-style)")
+    learner_spec = {**spec, "added_tokens": [], "post_processor": None,
+                    "model": {**model, "vocab": {}, "merges": [], "dropout": None}}
+    learner = Tokenizer.from_str(json.dumps(learner_spec))
+    byte_level = "ByteLevel" in json.dumps(spec.get("pre_tokenizer"))
+    learner.train_from_iterator(list(texts), trainers.BpeTrainer(
+        vocab_size=new_vocab_size, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet() if byte_level else []))
+    vocab = dict(model["vocab"])
+    next_id = max([*vocab.values(), *(t["id"] for t in spec.get("added_tokens", []))]) + 1
+    as_text = bool(model["merges"]) and isinstance(model["merges"][0], str)  # "a b" or ["a", "b"]
+    merges = list(model["merges"])
+    for m in json.loads(learner.to_str())["model"]["merges"]:
+        a, b = m.split(" ", 1) if isinstance(m, str) else m
+        if a + b in vocab or a not in vocab or b not in vocab:
+            continue
+        vocab[a + b], next_id = next_id, next_id + 1
+        merges.append(f"{a} {b}" if as_text else [a, b])
+        if max_new is not None and len(vocab) - len(model["vocab"]) >= max_new:
+            break
+    added = len(vocab) - len(model["vocab"])
+    if not added:
+        raise UserError("the new language adds no tokens to the base tokenizer; raise --new-vocab-size")
+    spec["model"] = {**model, "vocab": vocab, "merges": merges}
+    with atomic_dir(out_dir) as tmp:
+        copy_tokenizer(base_tok, tmp)
+        write_text(tmp / "tokenizer.json", json.dumps(spec, ensure_ascii=False))
+        ext = HFTokenizer(tmp)
+        old = base_tok.tok.get_vocab()
+        if any(ext.tok.get_vocab().get(t) != i for t, i in old.items()):
+            raise UserError("extending the tokenizer moved an old id; not written")  # a bug, never bad input
+    return {"base_vocab": base_tok.vocab_size, "added": added, "vocab_size": ext.vocab_size}
+
+
 def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
     n = shift = 0
     while True:
@@ -124,17 +175,19 @@ def _model_type(model_bytes: bytes) -> str:
 def main(argv: list[str] | None = None) -> None:
     from data_prep.tok_report import texts_by_language, tokenizer_report
     p = argparse.ArgumentParser(prog="python -m data_prep.vocab_ext", description=__doc__.splitlines()[0])
-    p.add_argument("--base", required=True)
+    p.add_argument("--base", required=True, help="a sentencepiece .model, or a Hugging Face base's directory "
+                   "(its tokenizer.json); --out is then a directory")
     p.add_argument("--input", action="append", required=True, help="LANG=GLOB of the new language")
     p.add_argument("--out", required=True)
     p.add_argument("--new-vocab-size", type=int, default=8000, help="vocab of the tokenizer learned on the new language")
     p.add_argument("--max-new", type=int, default=None, help="cap on pieces added")
     p.add_argument("--text-field", default="text")
     a = p.parse_args(argv)
-    if not Path(a.base).is_file():
+    if not Path(a.base).exists():
         raise UserError(f"base tokenizer not found: {a.base}")
     texts = texts_by_language(a.input, a.text_field)
-    info = extend_tokenizer(a.base, [t for ts in texts.values() for t in ts], a.out, a.new_vocab_size, a.max_new)
+    extend = extend_tokenizer if Path(a.base).suffix == ".model" else extend_hf_tokenizer
+    info = extend(a.base, [t for ts in texts.values() for t in ts], a.out, a.new_vocab_size, a.max_new)
     info["before"] = tokenizer_report(a.base, texts)["languages"]
     info["after"] = tokenizer_report(a.out, texts)["languages"]
     print(json.dumps(info, ensure_ascii=False, indent=2))

@@ -33,7 +33,7 @@ from minimodel.loading import CausalLM
 from minimodel.errors import UserError
 from minimodel.io import atomic_dir, read_json_object, write_text
 from minimodel.model import MiniModel
-from minimodel.tokenizer import SPTokenizer, copy_tokenizer, open_tokenizer
+from minimodel.tokenizer import copy_tokenizer, open_tokenizer
 
 ADAPTER_META = "minimodel_adapter.json"
 EMBED_FILE = "embeddings.safetensors"
@@ -128,7 +128,7 @@ def save_adapter(lm: CausalLM, out_dir: Path, tokenizer: Path, meta: dict, save_
 
     core = lm.core()
     with atomic_dir(Path(out_dir)) as tmp:
-        lm.net.save_pretrained(str(tmp))
+        lm.net.save_pretrained(str(tmp), save_embedding_layers=False)  # ours are in EMBED_FILE
         if save_embeddings:
             save_file({k: v.detach().contiguous().cpu() for k, v in embedding_weights(core).items()},
                       str(tmp / EMBED_FILE))
@@ -157,10 +157,10 @@ def restore_adapter(lm: CausalLM, adapter_dir: Path, meta: dict | None) -> Causa
     adapter_dir = Path(adapter_dir)
     core = lm.core()
     if meta is not None and meta["vocab_size"] > lm.config.vocab_size:
-        if not isinstance(lm.tokenizer, SPTokenizer):
-            raise UserError(f"base {lm.source.spec if lm.source else ''} has no tokenizer.model to resize its "
+        if lm.tokenizer is None:
+            raise UserError(f"base {lm.source.spec if lm.source else ''} has no tokenizer to resize its "
                             "vocabulary with")
-        resize_vocab(core, lm.tokenizer.path, adapter_dir / "tokenizer.model")
+        resize_vocab(core, lm.tokenizer, adapter_dir)  # the adapter carries the extended tokenizer
         lm.refresh_config()
     if meta is not None and meta["embeddings"]:
         tensors = read_safetensors(adapter_dir / EMBED_FILE)

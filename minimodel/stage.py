@@ -139,7 +139,7 @@ def adapter_model(cfg: StageConfig, data: StageData, stage: str) -> Built:
     if extended:
         from minimodel.vocab_resize import resize_vocab
 
-        resized = resize_vocab(lm.core(), base_tokenizer.path, data.tokenizer)
+        resized = resize_vocab(lm.core(), base_tokenizer, data.tokenizer)
         lm.refresh_config()
         info.update({f"vocab_{k}": v for k, v in resized.items()})
     if not lc.enabled:

@@ -266,7 +266,9 @@ def copy_tokenizer(tok: Tokenizer, out_dir: Path) -> None:
 
 def open_tokenizer(path: str | Path) -> Tokenizer:
     """A tokenizer named by its file (a sentencepiece .model, a tokenizer.json), a model directory, or a
-    hub id (when online, or cached)."""
+    hub id (when online, or cached); an opened tokenizer is returned as it is."""
+    if isinstance(path, (SPTokenizer, HFTokenizer)):
+        return path
     p = Path(path)
     if not p.exists() and re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", str(path)) and not str(path).startswith("."):
         from minimodel.loading import hub_snapshot  # a hub id: its tokenizer files only
@@ -314,8 +316,8 @@ def _check_agree(sp: SPTokenizer, hf: HFTokenizer) -> None:
 
 def tokenizer_relation(base_tok: Tokenizer | None, data_tok: Path, base_source: str) -> str:
     """"same" when the data was tokenised with the base's tokenizer (the file that fixes the ids is
-    identical); "extended" when the data's sentencepiece tokenizer is the base's with pieces appended
-    (data_prep.vocab_ext); UserError otherwise."""
+    identical); "extended" when the data's tokenizer is the base's with tokens appended, every old id
+    in place (data_prep.vocab_ext); UserError otherwise."""
     if base_tok is None or base_tok.sha256 is None:
         raise UserError(f"base {base_source} has no tokenizer file (tokenizer.model or tokenizer.json): cannot "
                         "check that the data was tokenised for it; copy the base's tokenizer files beside its weights")
@@ -327,6 +329,10 @@ def tokenizer_relation(base_tok: Tokenizer | None, data_tok: Path, base_source: 
         b, d = base_tok.sp, load_tokenizer(data_tok)
         nb, nd = b.get_piece_size(), d.get_piece_size()
         if nd > nb and all(b.id_to_piece(i) == d.id_to_piece(i) for i in range(nb)):
+            return "extended"
+    if isinstance(base_tok, HFTokenizer) and Path(data_tok).suffix == ".json":
+        old, new = base_tok.tok.get_vocab(), HFTokenizer(Path(data_tok).parent).tok.get_vocab()
+        if len(new) > len(old) and all(new.get(t) == i for t, i in old.items()):
             return "extended"
     raise UserError(f"the data's tokenizer {data_tok} does not match base {base_source} ({base_tok.file.name}): "
                     f"tokenise the data with the base's tokenizer (python -m data_prep.prepare --tokenizer "

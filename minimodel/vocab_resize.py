@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from minimodel.model import MiniModel
+from minimodel.tokenizer import open_tokenizer
 
 
 def _without_dummy_prefix(tokenizer_path: Path):
@@ -27,16 +28,23 @@ def _without_dummy_prefix(tokenizer_path: Path):
     return spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
 
 
-def decompositions(base_tok: Path, new_tok: Path) -> dict[int, list[int]]:
-    """{new id: base ids its text encodes to} for every id the extended tokenizer added."""
+def decompositions(base_tok, new_tok) -> dict[int, list[int]]:
+    """{new id: base ids its text encodes to} for every id the extended tokenizer added (either kind:
+    sentencepiece files, or tokenizers opened with minimodel.tokenizer.open_tokenizer)."""
     import sentencepiece as spm
 
-    base = _without_dummy_prefix(base_tok)
-    new = spm.SentencePieceProcessor(model_file=str(new_tok))
+    base, new = open_tokenizer(base_tok), open_tokenizer(new_tok)
+    if base.kind == "hf":  # the base's BPE model spells the new token's characters (bytes) exactly
+        model, unk = base.tok.backend_tokenizer.model, base.tok.unk_token_id
+        old = set(base.tok.get_vocab().values())
+        return {i: [t.id for t in model.tokenize(token)] or [unk or 0]
+                for token, i in new.tok.get_vocab().items() if i not in old}
+    plain = _without_dummy_prefix(base.path)
+    new_sp = spm.SentencePieceProcessor(model_file=str(new.path))
     out = {}
-    for i in range(base.get_piece_size(), new.get_piece_size()):
-        text = new.id_to_piece(i).replace("\u2581", " ")
-        out[i] = base.encode(text) or [base.unk_id()]
+    for i in range(base.vocab_size, new.vocab_size):
+        text = new_sp.id_to_piece(i).replace("\u2581", " ")
+        out[i] = plain.encode(text) or [plain.unk_id()]
     return out
 
 
@@ -49,12 +57,11 @@ def _mean_rows(weight: torch.Tensor, new_size: int, sources: dict[int, list[int]
     return grown
 
 
-def resize_vocab(core: nn.Module, base_tok: Path, new_tok: Path) -> dict:
-    """Resize `core` (MiniModel or a transformers model) in place to the extended tokenizer."""
-    import sentencepiece as spm
-
+def resize_vocab(core: nn.Module, base_tok, new_tok) -> dict:
+    """Resize `core` (MiniModel or a transformers model) in place to the extended tokenizer (paths or
+    opened tokenizers, either kind)."""
     sources = decompositions(base_tok, new_tok)
-    new_size = spm.SentencePieceProcessor(model_file=str(new_tok)).get_piece_size()
+    new_size = open_tokenizer(new_tok).vocab_size
     if isinstance(core, MiniModel):
         emb, head = core.model.embed_tokens, core.lm_head
         tied = core.config.tie_embeddings

@@ -291,3 +291,39 @@ def test_eval_defaults_fit_the_machine(llama_base, tmp_path, monkeypatch, capsys
     assert "scored at context 128 (its maximum is 256" in err and "context 128, batch 3" in err
     assert not [w for w in warnings if "longer than the specified maximum" in w], warnings
     assert em.scoring_batch(em.load_model(llama_base, device="cpu"), 128) == 3
+
+
+def test_vocabulary_extension_of_a_bpe_tokenizer_and_cpt(llama_base, tmp_path):
+    """New Korean merges appended to the base's byte-level BPE: old ids in place, any text round-trips,
+    fewer tokens per Korean character; CPT grows the embeddings and the adapter evaluates as final/."""
+    from data_prep.shards import prepare_from_docs
+    from data_prep.tok_report import tokenizer_report
+    from data_prep.vocab_ext import extend_hf_tokenizer
+    from eval.models import load_model
+    from minimodel.config import CptConfig, load_config
+    from minimodel.cpt import run
+    from test_cpt_fixtures import stage_overrides
+
+    ko, en = fixture_docs("korean_1961.jsonl"), fixture_docs("english_web.jsonl")
+    info = extend_hf_tokenizer(llama_base, ko, tmp_path / "tok", new_vocab_size=3000, max_new=500)
+    base, ext = open_tokenizer(llama_base), open_tokenizer(tmp_path / "tok")
+    assert info["added"] == 500 and ext.vocab_size == base.vocab_size + 500
+    assert all(ext.tok.get_vocab()[t] == i for t, i in base.tok.get_vocab().items())  # old ids never move
+    for text in [ODD, *ko[:3], *en[:3]]:
+        assert ext.decode(ext.encode(text)) == text
+        assert int(ext.token_bytes(ext.vocab_size)[ext.encode(text)].sum()) == len(text.encode("utf-8"))
+    before, after = (tokenizer_report(t, {"ko": ko[-10:]})["languages"]["ko"]["tokens_per_char"]
+                     for t in (llama_base, tmp_path / "tok"))
+    assert after < before
+    for name, docs, lang in (("ko", ko, "ko"), ("en", en, "en")):
+        prepare_from_docs(tmp_path / name, tmp_path / "tok", {"train": docs[:-6], "val": docs[-6:]},
+                          extra_manifest={"language": lang})
+    out = tmp_path / "cpt"
+    result = run(load_config(None, stage_overrides(llama_base, tmp_path / "ko", out, **{
+        "replay.path": str(tmp_path / "en"), "replay.ratio": 0.25, "train.steps": 6}), cls=CptConfig))
+    assert result["info"]["tokenizer"] == "extended" and result["info"]["vocab_new_vocab"] == ext.vocab_size
+    x = torch.tensor([ext.encode(ko[-1])[:40]])
+    merged, via_adapter = load_model(out, device="cpu"), load_model(out / "adapter", device="cpu")
+    assert merged.config.vocab_size == via_adapter.config.vocab_size == ext.vocab_size
+    assert torch.allclose(via_adapter.logits(x), merged.logits(x), atol=1e-5)
+    assert merged.tokenizer.sha256 == ext.sha256  # final/ carries the extended tokenizer, and only it
