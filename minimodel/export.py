@@ -41,8 +41,10 @@ def copy_tokenizer_files(src: Path, dst: Path) -> None:
             shutil.copy2(src / name, dst / name)
 
 
-def write_model_files(model: MiniModel, out: Path, eos_ids: list[int] | None = None) -> None:
-    """config.json, model.safetensors (HF names, fp32/bf16 as the model holds them), generation_config.json, minimodel.json."""
+def write_model_files(model: MiniModel, out: Path, eos_ids: list[int] | None = None,
+                      special_ids: tuple[int | None, int | None, int | None] | None = None) -> None:
+    """config.json, model.safetensors (HF names, fp32/bf16 as the model holds them), generation_config.json,
+    minimodel.json. `special_ids` (bos, eos, pad) replace the kit's tokenizers' 2, 3, 0."""
     from safetensors.torch import save_file
     from transformers import GenerationConfig
 
@@ -55,6 +57,8 @@ def write_model_files(model: MiniModel, out: Path, eos_ids: list[int] | None = N
     (out / WEIGHTS).chmod(0o644)  # safetensors writes 0600; an export is meant to be shared
     hf_cfg = to_hf_config(model.config, torch_dtype=dtype)
     hf_cfg.architectures = ["Qwen3ForCausalLM" if model.config.qk_norm else "LlamaForCausalLM"]
+    if special_ids is not None:
+        hf_cfg.bos_token_id, hf_cfg.eos_token_id, hf_cfg.pad_token_id = special_ids
     hf_cfg.save_pretrained(out)
     eos = eos_ids or [hf_cfg.eos_token_id]
     GenerationConfig(bos_token_id=hf_cfg.bos_token_id, eos_token_id=eos if len(eos) > 1 else eos[0],
@@ -119,10 +123,23 @@ def heldout_texts(data_dir: Path, per_file: int = 2) -> dict[str, str]:
 
 def export_model(model: MiniModel, sp_path: str | Path, out_dir: str | Path,
                  texts: dict[str, str] | None = None) -> tuple[Path, dict]:
-    """Write the verified Hugging Face directory for `model` + its sentencepiece tokenizer."""
+    """Write the verified Hugging Face directory for `model` + its tokenizer: the kit's sentencepiece
+    model (converted to tokenizer.json and checked), or a Hugging Face tokenizer (its files copied)."""
     from minimodel.hf_tokenizer import save_hf_tokenizer
-    from minimodel.tokenizer import CHAT_TOKENS, load_tokenizer
+    from minimodel.tokenizer import CHAT_TOKENS, copy_tokenizer, load_tokenizer, open_tokenizer
 
+    tok = open_tokenizer(sp_path)
+    if tok.kind == "hf":  # a core pretrained on data made with a Hugging Face tokenizer
+        check_tokenizer_fits(tok.vocab_size, model.config.vocab_size, str(tok.path))
+        native = fp32_copy(model)
+        with atomic_dir(out_dir) as tmp:
+            write_model_files(model, tmp, [tok.eos_id], (tok.bos_id, tok.eos_id, tok.pad_id))
+            copy_tokenizer(tok, tmp)
+            diff = logits_diff(native, tmp)
+            if not diff < LOGITS_TOL:
+                raise UserError(f"exported model reloaded by transformers differs from the native model: "
+                                f"max |logit diff| {diff:.3g} >= {LOGITS_TOL} (fp32); the export is not usable")
+        return Path(out_dir), {"max_abs_logit_diff": diff, "tokens_compared": {}}
     sp_path, out_dir = Path(sp_path), Path(out_dir)
     sp = load_tokenizer(sp_path)
     check_tokenizer_fits(sp.get_piece_size(), model.config.vocab_size, str(sp_path))

@@ -2,8 +2,10 @@
 data prepared with it, exact bytes per token, continued pretraining with replay, evaluation."""
 import json
 import math
+import os
 import subprocess
 import sys
+import tomllib
 
 import numpy as np
 import pytest
@@ -16,6 +18,12 @@ from minimodel.errors import UserError
 from minimodel.tokenizer import HFTokenizer, open_tokenizer
 
 ODD = "Emoji 🙂, 漢字, ünïcödé, tabs\tand  spaces; 태초에 하나님이 천지를 창조하시니라.\n"
+
+
+# plain-text role markers, BOS first, EOS closing each assistant turn (as Llama 3's template does)
+LLAMA_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{{ '### ' + m['role'] + ':\n' + m['content'] + '\n' }}"
+                  "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{% endfor %}"
+                  "{% if add_generation_prompt %}{{ '### assistant:\n' }}{% endif %}")
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +43,7 @@ def llama_base(tmp_path_factory):
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
     base = root / "llama"
     PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                            model_max_length=256).save_pretrained(base)
+                            model_max_length=256, chat_template=LLAMA_TEMPLATE).save_pretrained(base)
     torch.manual_seed(0)
     LlamaForCausalLM(LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=128,
                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -327,3 +335,72 @@ def test_vocabulary_extension_of_a_bpe_tokenizer_and_cpt(llama_base, tmp_path):
     assert merged.config.vocab_size == via_adapter.config.vocab_size == ext.vocab_size
     assert torch.allclose(via_adapter.logits(x), merged.logits(x), atol=1e-5)
     assert merged.tokenizer.sha256 == ext.sha256  # final/ carries the extended tokenizer, and only it
+
+
+@pytest.mark.parametrize("base_name,extend", [("llama", False), ("qwen", True)])
+def test_the_chain_through_the_cli(base_name, extend, llama_base, qwen_base, tmp_path):
+    """data -> (vocabulary extension) -> CPT with LoRA + embeddings and 5% replay -> SFT with the base's
+    chat template -> eval -> report, each step the command a user types, on both local bases."""
+    base = {"llama": llama_base, "qwen": qwen_base}[base_name]
+    ko, en = fixture_docs("korean_1961.jsonl"), fixture_docs("english_web.jsonl")
+    for name, docs in (("ko", ko), ("en", en)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs))
+    (tmp_path / "sft.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for _, r in sft_records()))
+
+    def cli(*args):
+        r = subprocess.run([sys.executable, "-m", *map(str, args)], capture_output=True, text=True, cwd=ROOT,
+                           timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert r.returncode == 0, f"{args[0]}: {r.stderr[-2000:]}"
+        return r
+
+    tok = base
+    if extend:
+        cli("data_prep.vocab_ext", "--base", base, "--input", f"ko={tmp_path / 'ko.jsonl'}", "--out", tmp_path / "tok",
+            "--new-vocab-size", 2000, "--max-new", 300)
+        tok = tmp_path / "tok"
+    for lang in ("ko", "en"):
+        cli("data_prep.prepare", "--out", tmp_path / f"{lang}_set", "--files", tmp_path / f"{lang}.jsonl", "--lang", lang,
+            "--tokenizer", tok, "--val-fraction", "0.1")
+    common = ["lora.rank=8", "lora.alpha=16", "optim.lr=2e-3", "optim.warmup_steps=2", "train.micro_batch=8",
+              "train.eval_every=4", "train.eval_batches=2", "train.ckpt_every=4", "train.progress=false",
+              "train.dtype=fp32", "data.seq_len=64", "train.steps=4"]
+    cli("minimodel.cpt", f"base.path={base}", f"data.path={tmp_path / 'ko_set'}", f"replay.path={tmp_path / 'en_set'}",
+        "replay.ratio=0.05", f"train.out_dir={tmp_path / 'cpt'}", *common)
+    cli("data_prep.sft", "--out", tmp_path / "sft_set", "--files", tmp_path / "sft.jsonl", "--tokenizer", tmp_path / "cpt" / "final",
+        "--val-fraction", "0.2")
+    cli("minimodel.sft", f"base.path={tmp_path / 'cpt'}", f"data.path={tmp_path / 'sft_set'}",
+        f"train.out_dir={tmp_path / 'sft'}", *common)
+    sets = ["--data", f"ko={tmp_path / 'ko.jsonl'}", "--data", f"en={tmp_path / 'en.jsonl'}", "--max-docs", 3]
+    cli("eval.bpb", base, "--stage", "base", "--out", tmp_path / "base_eval" / "eval" / "bpb.json", *sets)
+    for run in ("cpt", "sft"):
+        cli("eval.bpb", tmp_path / run, *sets)
+    cli("eval.report", tmp_path / "base_eval", tmp_path / "cpt", tmp_path / "sft", "--out", tmp_path / "report")
+    rep = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert [rep["models"][n]["stage"] for n in ("base_eval", "cpt", "sft")] == ["base", "cpt", "sft"]
+    assert {(f["base"], f["adapted"]) for f in rep["forgetting"]} == {("base_eval", "cpt"), ("cpt", "sft")}
+    cpt_run = tomllib.loads((tmp_path / "cpt" / "config.toml").read_text())["run"]
+    assert cpt_run["tokenizer"] == ("extended" if extend else "same")
+
+
+def test_pretrain_a_core_with_a_hf_tokenizer(llama_base, tmp_path):
+    """The native core pretrains on data made with a Hugging Face tokenizer and exports with it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from data_prep.shards import prepare_from_docs
+    from minimodel.config import load_config
+    from minimodel.pretrain import run
+    from minimodel.tracking import read_metrics
+
+    en = fixture_docs("english_web.jsonl")
+    prepare_from_docs(tmp_path / "en", llama_base, {"train": en[:-6], "val": en[-6:]})
+    vocab = open_tokenizer(llama_base).vocab_size
+    run(load_config(None, [f"data.path={tmp_path / 'en'}", f"train.out_dir={tmp_path / 'core'}", "model.preset=tiny",
+                           f"model.vocab_size={vocab}", "model.d_model=64", "model.n_layers=2", "data.seq_len=64",
+                           "train.steps=20", "train.micro_batch=8", "train.eval_every=10", "train.ckpt_every=10",
+                           "train.progress=false", "train.dtype=fp32", "optim.warmup_steps=2"]))
+    evals = [m["val_bpb"] for m in read_metrics(tmp_path / "core") if "val_bpb" in m]
+    assert evals[-1] < evals[0]
+    final = tmp_path / "core" / "final"
+    assert (final / "tokenizer.json").is_file() and not (final / "tokenizer.model").exists()
+    tok, model = AutoTokenizer.from_pretrained(final), AutoModelForCausalLM.from_pretrained(final)
+    assert tok("hi")["input_ids"][0] == 0 and model.config.bos_token_id == 0 and model.config.eos_token_id == 1
