@@ -20,11 +20,11 @@ import numpy as np
 
 from data_prep.shards import check_prepared, prepare_from_docs, read_tokens
 from minimodel.errors import UserError, cli_entry
-from minimodel.tokenizer import EOS_ID, load_tokenizer
+from minimodel.tokenizer import EOS_ID, open_tokenizer
 
 
-def split_at_eos(tokens: np.ndarray) -> list[np.ndarray]:
-    ends = np.flatnonzero(tokens == EOS_ID)
+def split_at_eos(tokens: np.ndarray, eos_id: int = EOS_ID) -> list[np.ndarray]:
+    ends = np.flatnonzero(tokens == eos_id)
     starts = np.concatenate([[0], ends[:-1] + 1]) if len(ends) else np.zeros(0, np.int64)
     return [tokens[s:e] for s, e in zip(starts, ends)]
 
@@ -69,12 +69,15 @@ def mix(out_dir: str | Path, sets: list[tuple[str | Path, float]], train_tokens:
     weights = np.array([w for _, w in sets], dtype=np.float64)
     weights /= weights.sum()
     tok_path = Path(sets[0][0]) / manifests[0]["tokenizer"]["file"]
-    sp = load_tokenizer(tok_path)
+    tok, eos = open_tokenizer(tok_path), int(manifests[0]["eos_id"])
+    # documents go back to text (BOS and other special tokens dropped) and are encoded again by
+    # prepare_from_docs, which frames them as the tokenizer does
+    decode = lambda docs: [tok.decode(x.tolist()) for x in docs]  # noqa: E731
     rng = random.Random(seed)
     names = [Path(d).name for d, _ in sets]
     docs_by_split: dict[str, list[str]] = {}
     for split in ("train", "val"):
-        comps = [split_at_eos(read_tokens(d, split)) if split in m["splits"] else []
+        comps = [split_at_eos(read_tokens(d, split), eos) if split in m["splits"] else []
                  for (d, _), m in zip(sets, manifests)]
         sizes = np.array([sum(len(x) + 1 for x in c) for c in comps], dtype=np.float64)
         if split == "train" and train_tokens is not None:
@@ -85,10 +88,10 @@ def mix(out_dir: str | Path, sets: list[tuple[str | Path, float]], train_tokens:
         for c, w in zip(comps, weights):
             chosen.extend(c[i] for i in draw(c, int(round(total * w)), rng))
         rng.shuffle(chosen)
-        docs_by_split[split] = sp.decode([x.tolist() for x in chosen]) if chosen else []
+        docs_by_split[split] = decode(chosen)
     for name, (d, _), m in zip(names, sets, manifests):
         if "val" in m["splits"]:
-            docs_by_split[f"val_{name}"] = sp.decode([x.tolist() for x in split_at_eos(read_tokens(d, "val"))])
+            docs_by_split[f"val_{name}"] = decode(split_at_eos(read_tokens(d, "val"), eos))
     sources = [{"kind": "mixture", "set": str(d), "weight": float(w), "sources": m.get("sources", [])}
                for (d, _), w, m in zip(sets, weights, manifests)]
     return prepare_from_docs(out_dir, tok_path, docs_by_split, sources, num_proc=num_proc,

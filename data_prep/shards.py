@@ -234,12 +234,13 @@ def check_prepared(set_dir: str | Path, tokenizer_path: str | Path | None = None
     set_dir = Path(set_dir)
     m = read_manifest(set_dir)
     tok = Path(tokenizer_path) if tokenizer_path else set_dir / m["tokenizer"]["file"]
-    if not tok.is_file():
+    if not tok.exists():
         raise UserError(f"{set_dir}: tokenizer {tok} missing; copy the tokenizer the shards were made with")
-    if file_sha256(tok) != m["tokenizer"]["sha256"]:
+    opened = open_tokenizer(tok)  # a file, or a model directory
+    if opened.sha256 != m["tokenizer"]["sha256"]:
         raise UserError(f"shard/tokenizer mismatch: {tok} is not the tokenizer {set_dir} was "
                         "tokenised with; re-run data_prep with this tokenizer")
-    vocab = open_tokenizer(tok).vocab_size
+    vocab = opened.vocab_size
     if vocab != m["vocab_size"] or token_dtype(vocab).name != m["dtype"]:
         raise UserError(f"{set_dir}: manifest vocab/dtype disagree with the tokenizer; re-run data_prep")
     dtype = np.dtype(m["dtype"])

@@ -14,7 +14,8 @@ from minimodel.errors import cli_entry
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m data_prep.verify", description=__doc__.splitlines()[0])
     p.add_argument("set_dir")
-    p.add_argument("--tokenizer", default=None, help="a tokenizer meant to read these shards")
+    p.add_argument("--tokenizer", default=None, help="a tokenizer meant to read these shards (a sentencepiece "
+                   ".model, a tokenizer.json or a model directory)")
     a = p.parse_args(argv)
     m = check_prepared(a.set_dir, a.tokenizer)
     print(json.dumps({"ok": True, "vocab_size": m["vocab_size"],

@@ -84,6 +84,14 @@ def test_prepare_with_the_bases_tokenizer(llama_base, tmp_path):
     assert len(ends) == m["splits"]["train"]["docs"] and (tokens[starts] == 0).all()
     texts = {tok.decode(tokens[a + 1:b].tolist()) for a, b in zip(starts, ends)}
     assert texts <= set(docs) and len(texts) == len(ends)
+    # a mixture and a verification read such sets too
+    from data_prep.mixture import mix
+    from data_prep.shards import check_prepared
+
+    mixed = mix(tmp_path / "mix", [(tmp_path / "ko", 1.0)])
+    mixed_tokens = read_tokens(tmp_path / "mix", "train")
+    assert mixed["tokenizer"]["kind"] == "hf" and mixed_tokens[0] == 0 and (mixed_tokens == 1).sum() > 0
+    assert check_prepared(tmp_path / "mix", llama_base)["vocab_size"] == tok.vocab_size
     bad = subprocess.run([sys.executable, "-m", "data_prep.prepare", "--out", str(tmp_path / "x"), "--files",
                           str(tmp_path / "ko.jsonl"), "--tokenizer", str(tmp_path)],
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
