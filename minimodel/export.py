@@ -23,6 +23,7 @@ import torch
 from minimodel.errors import UserError, cli_entry
 from minimodel.io import atomic_dir, read_json_object, write_json
 from minimodel.loading import check_tokenizer_fits
+from minimodel.tokenizer import HF_TOKENIZER_FILES
 from minimodel.model import MiniModel, ModelConfig
 
 LOGITS_TOL = 1e-4
@@ -31,12 +32,11 @@ NATIVE_CONFIG = "minimodel.json"
 
 
 # Hugging Face tokenizer files worth carrying into a model whose vocabulary did not change.
-HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-                      "merges.txt", "generation_config.json", "chat_template.jinja")
+CARRIED_FILES = (*HF_TOKENIZER_FILES, "generation_config.json")
 
 
 def copy_tokenizer_files(src: Path, dst: Path) -> None:
-    for name in HF_TOKENIZER_FILES:
+    for name in CARRIED_FILES:
         if (src / name).is_file() and not (dst / name).exists():
             shutil.copy2(src / name, dst / name)
 

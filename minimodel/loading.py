@@ -17,7 +17,6 @@ reduction=...)`), evaluation's (`logits(ids)`, `tokenizer`, `context`), and wher
 """
 from __future__ import annotations
 
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +29,9 @@ from minimodel.errors import UserError, error_gist, hf_load_errors
 from minimodel.io import read_json_object
 from minimodel.loss import cross_entropy
 from minimodel.model import MiniModel, ModelConfig
-from minimodel.tokenizer import Tokenizer, tokenizer_in
+from minimodel.tokenizer import Tokenizer, is_hub_id, tokenizer_in
 
 NATIVE_CONFIG, WEIGHTS = "minimodel.json", "model.safetensors"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass
@@ -85,7 +83,7 @@ class CausalLM(nn.Module):
         one before every text (Llama-style); otherwise EOS, which ends the previous document (the kit's
         tokenizers, Qwen; lm-eval's convention too)."""
         tok = self.require_tokenizer()
-        if getattr(tok, "adds_bos", False) or tok.eos_id is None:
+        if tok.adds_bos or tok.eos_id is None:
             return tok.bos_id
         return tok.eos_id
 
@@ -131,7 +129,7 @@ def resolve(spec: str | Path, adapter: str | Path | None = None, gguf_dir: str |
         raise UserError(f"{p} is a file but not a .gguf model; give a model directory, a .gguf file or a hub id")
     if p.is_dir():
         return _resolve_dir(p, str(spec), gguf_dir)
-    if not _HUB_ID.match(str(spec)) or str(spec).startswith((".", "/", "~")):
+    if not is_hub_id(spec):
         raise UserError(f"model not found: {spec} (not a run, model or adapter directory, a .gguf file "
                         "or a hub id like org/name)")
     return Source(str(spec), "hf", hub_snapshot(str(spec), revision))
@@ -317,7 +315,7 @@ def check_tokenizer_fits(n_tokens: int, vocab_size: int, where: str) -> None:
 def model_shape(spec: str | Path) -> ModelConfig:
     """The shape of the model `spec` names, without reading its weights (what the planner needs);
     a hub id costs its config.json only."""
-    if not Path(spec).exists() and _HUB_ID.match(str(spec)) and not str(spec).startswith((".", "/", "~")):
+    if is_hub_id(spec):
         from huggingface_hub import hf_hub_download
 
         try:

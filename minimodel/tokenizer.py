@@ -76,6 +76,13 @@ HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens
                       "merges.txt", "chat_template.jinja")
 
 
+def is_hub_id(spec) -> bool:
+    """`org/name` that is not a local path: what the hub is asked for."""
+    text = str(spec)
+    return (not Path(text).exists() and not text.startswith((".", "/", "~"))
+            and re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text) is not None)
+
+
 class Tokenizer(Protocol):
     """A model's tokenizer as the kit uses it, the kit's sentencepiece ones and Hugging Face ones alike."""
     kind: str                  # "sentencepiece" | "hf"
@@ -85,6 +92,7 @@ class Tokenizer(Protocol):
     bos_id: int | None
     eos_id: int | None
     pad_id: int | None
+    adds_bos: bool             # whether the tokenizer puts BOS before every text (Llama: yes)
     vocab_size: int
 
     def encode(self, text: str) -> list[int]: ...
@@ -99,6 +107,7 @@ class Tokenizer(Protocol):
 class SPTokenizer:
     """The kit's sentencepiece tokenizers (BOS/EOS = 2/3, ChatML markers as single pieces)."""
     kind = "sentencepiece"
+    adds_bos = False  # documents follow the previous one's EOS
 
     def __init__(self, path: str | Path):
         self.path = self.file = Path(path)
@@ -270,7 +279,7 @@ def open_tokenizer(path: str | Path) -> Tokenizer:
     if isinstance(path, (SPTokenizer, HFTokenizer)):
         return path
     p = Path(path)
-    if not p.exists() and re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", str(path)) and not str(path).startswith("."):
+    if is_hub_id(path):
         from minimodel.loading import hub_snapshot  # a hub id: its tokenizer files only
 
         p = hub_snapshot(str(path), tokenizer_only=True)
