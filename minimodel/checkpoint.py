@@ -131,6 +131,19 @@ def latest_checkpoint(ckpt_root: str | Path) -> tuple[Path, dict] | None:
     return None
 
 
+def resume_point(ckpt_root: Path) -> tuple[Path, dict] | None:
+    """The checkpoint a run resumes from. Checkpoints that exist but of which none verifies are an
+    error: starting over would silently redo every step and erase the run's metrics history."""
+    found = latest_checkpoint(ckpt_root)
+    kept = sorted(_step_dirs(Path(ckpt_root)), key=lambda p: int(p.name.split("_")[1]))
+    if found is None and kept:
+        raise UserError(f"{ckpt_root} holds checkpoints ({', '.join(p.name for p in kept)}) of which none loads "
+                        f"(see the warnings above), so the run cannot resume; to start again from step 0 on "
+                        f"purpose, delete {ckpt_root} (its metrics.jsonl is then rewritten), or use another "
+                        "train.out_dir")
+    return found
+
+
 def _load_pt(path: Path):
     """torch.load(weights_only=True) of a checkpoint file; a damaged file is a UserError naming it."""
     try:

@@ -21,11 +21,13 @@ import torch.nn as nn
 
 from minimodel.config import StageConfig, dump_toml, load_config
 from minimodel.data import StageData, read_manifest, token_byte_lengths
+from minimodel.diskspace import run_bytes_needed, stop_when_full
 from minimodel.distributed import DistInfo, barrier, cleanup, init_distributed
 from minimodel.errors import UserError, cli_entry
 from minimodel.io import atomic_dir, write_text
 from minimodel.optim import build_optimizers
 from minimodel.rundir import check_same_run, command_line, device_description, git_commit
+from minimodel.stopping import StopSignals, exit_status
 from minimodel.tracking import Tracker
 from minimodel.trainer import Job, preflight, train
 
@@ -76,8 +78,10 @@ def parse_stage_args(argv, prog: str, doc: str, configs: str, example: str):
 
 
 def run_stage(stage: Stage, cfg) -> dict:
-    """Build, train (resuming from the last good checkpoint) and export."""
+    """Build, train (resuming from the last good checkpoint) and export. A SIGTERM/SIGINT during
+    training saves a checkpoint at the step it finishes and exits 143/130 (SystemExit)."""
     dist = init_distributed(cfg.train.device)
+    lock = None
     try:
         data = stage.data(cfg, dist)
         run_dir = Path(cfg.train.out_dir)
@@ -91,7 +95,7 @@ def run_stage(stage: Stage, cfg) -> dict:
             windows.check_vocab(vocab, built.vocab_fix)
         optimizers = build_optimizers(model, cfg.optim, embed_lr=built.embed_lr)
         if dist.is_main:
-            preflight(run_dir, built.trained, n_optim_states=2)
+            lock = preflight(run_dir, built.trained, n_optim_states=2)
             write_text(run_dir / "config.toml", dump_toml({**resolved, "run": {
                 "stage": stage.name, "commit": git_commit(), "command": command_line(),
                 "world_size": dist.world_size, "device": device_description(dist.device), **built.info}}))
@@ -101,19 +105,34 @@ def run_stage(stage: Stage, cfg) -> dict:
                           total_steps=cfg.train.steps, progress=cfg.train.progress)
         if dist.is_main:
             tracker.write(f"{built.summary}, world size {dist.world_size}, device {dist.device.type}")
-        state = train(Job(model, optimizers, cfg, dist, run_dir, data, tracker,
-                          token_byte_lengths(data.tokenizer, vocab), built.trained, built.max_start_loss))
-        tracker.close()
+        need = run_bytes_needed(built.trained, n_optim_states=2)
+        with StopSignals() as stop, stop_when_full(run_dir, need, "metrics.jsonl"):  # the checkpoints: trainer.py
+            try:
+                state = train(Job(model, optimizers, cfg, dist, run_dir, data, tracker,
+                                  token_byte_lengths(data.tokenizer, vocab), built.trained, built.max_start_loss,
+                                  stop))
+            finally:
+                tracker.close()
+            if state.stopped_by is not None:  # the checkpoint is saved; still counting signals (a 2nd is ignored)
+                if dist.is_main:
+                    print(f"stopped by {state.stopped_by.name} at step {state.step}; re-run the same command to "
+                          "resume", file=sys.stderr, flush=True)
+                    lock.release()
+                barrier(dist)  # no rank ends (and gets torchrun to end the others) before rank 0 is done
+                raise SystemExit(exit_status(state.stopped_by))
         out = {"step": state.step, "tokens": state.tokens, "run_dir": str(run_dir), "model": model,
                "info": built.info}
         if dist.is_main and state.step >= cfg.train.steps:
             model.eval()
-            out.update(built.finish(run_dir))
+            with stop_when_full(run_dir, need, "the final model", judge_by_free=True):
+                out.update(built.finish(run_dir))
             print(f"done: {state.step} steps, {state.tokens} tokens; "
                   + ", ".join(f"{k} in {v}" for k, v in out.items() if k in ("final", "adapter")), file=sys.stderr)
         barrier(dist)
         return out
     finally:
+        if lock is not None:
+            lock.release()
         cleanup(dist)
 
 

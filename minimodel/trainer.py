@@ -1,10 +1,12 @@
 """The training loop shared by the stages: accumulation, clipping, autocast, DDP,
-periodic validation (loss and bits per byte), checkpoints with exact resume."""
+periodic validation (loss and bits per byte), checkpoints with exact resume, a clean stop on
+SIGTERM/SIGINT."""
 from __future__ import annotations
 
 import contextlib
 import math
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -14,14 +16,17 @@ import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from minimodel.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from minimodel.checkpoint import load_checkpoint, resume_point, save_checkpoint
 from minimodel.config import Config
 from minimodel.data import StageData, Windows, val_window_ids
+from minimodel.diskspace import run_bytes_needed, stop_when_full
 from minimodel.distributed import DistInfo, all_reduce_sum, barrier
 from minimodel.errors import UserError
 from minimodel.flops import device_peak_flops, flops_per_token
 from minimodel.numerics import NumericalFault, SpikeDetector, diagnose, nonfinite_tensors
 from minimodel.optim import lr_multiplier, set_lr
+from minimodel.runlock import RunLock
+from minimodel.stopping import StopSignals
 from minimodel.tracking import Tracker
 
 
@@ -31,25 +36,25 @@ def autocast_ctx(device: torch.device, dtype: str):
     return contextlib.nullcontext()
 
 
-def preflight(out_dir: Path, model: nn.Module, n_optim_states: int) -> None:
-    """The run directory is writable and holds two checkpoints, before any compute is spent.
-    A directory made here and found unusable is removed again: a failed start leaves nothing."""
+def preflight(out_dir: Path, model: nn.Module, n_optim_states: int) -> RunLock:
+    """The run directory is writable, no other run writes it, and it holds two checkpoints, before
+    any compute is spent. Returns the directory's lock (held until the run ends). A directory made
+    here and found unusable is removed again: a failed start leaves nothing."""
     created = not out_dir.exists()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".write_probe"
-        probe.write_bytes(b"ok")
-        probe.unlink()
+        lock = RunLock.acquire(out_dir)  # its write is the writability probe
     except OSError as e:
         raise UserError(f"run directory {out_dir} is not writable ({e.strerror}); choose another train.out_dir") from None
-    weight_bytes = sum(p.numel() * 4 for p in model.parameters())
-    need = 2 * weight_bytes * (1 + n_optim_states) + (64 << 20)
+    need = run_bytes_needed(model, n_optim_states)
     free = shutil.disk_usage(out_dir).free
     if free < need:
+        lock.release()
         if created:
             out_dir.rmdir()
         raise UserError(f"{out_dir} has {free / 2**30:.2f} GiB free; two checkpoints need about "
                         f"{need / 2**30:.2f} GiB: free space or choose another train.out_dir")
+    return lock
 
 
 @torch.no_grad()
@@ -103,6 +108,7 @@ class TrainState:
     loss_spikes: int = 0
     elapsed_s: float = 0.0
     extra: dict = field(default_factory=dict)
+    stopped_by: signal.Signals | None = None  # a SIGTERM/SIGINT stopped the run here (checkpoint saved)
 
 
 @dataclass
@@ -118,6 +124,7 @@ class Job:
     token_bytes: torch.Tensor | None  # UTF-8 bytes per token id, for bits per byte
     ckpt_model: nn.Module            # what checkpoints hold (adapter stages: the trainable tensors only)
     max_start_loss: float | None = None  # on data.known_sets: above it, the ids mean nothing to the model
+    stop: StopSignals = field(default_factory=StopSignals)  # installed by the stage: SIGTERM/SIGINT seen
 
 
 def train(job: Job) -> TrainState:
@@ -129,7 +136,7 @@ def train(job: Job) -> TrainState:
     ckpt_root = run_dir / "checkpoints"
     state = TrainState()
     spikes = SpikeDetector(tc.spike_sigma)
-    found = latest_checkpoint(ckpt_root)
+    found = resume_point(ckpt_root)
     if found is not None:
         path, meta = found
         load_checkpoint(path, ckpt_model, optimizers)
@@ -152,6 +159,7 @@ def train(job: Job) -> TrainState:
     tokens_per_step = tc.micro_batch * cfg.data.seq_len * tc.grad_accum * dist.world_size
     fpt = flops_per_token(mcfg, model.num_params(), cfg.data.seq_len)
     peak = device_peak_flops(dist.device) * dist.world_size
+    need = run_bytes_needed(ckpt_model, n_optim_states=2)
 
     def checkpoint(position: int | None = None):
         broken = nonfinite_tensors(ckpt_model, grads=False)  # never let broken weights replace good ones
@@ -160,12 +168,13 @@ def train(job: Job) -> TrainState:
                                  f"saved: the last good checkpoint is kept in {ckpt_root}; lower optim.lr in a "
                                  "new run (another train.out_dir), or resume there with train.on_nonfinite=skip")
         if dist.is_main:
-            save_checkpoint(ckpt_root, state.step, ckpt_model, optimizers,
-                            {"position": stream.position if position is None else position,
-                             "tokens": state.tokens, "skipped_steps": state.skipped_steps,
-                             "loss_spikes": state.loss_spikes, "spike_detector": spikes.state_dict(),
-                             "consecutive_skips": consecutive_skips,
-                             "elapsed_s": state.elapsed_s, "world_size": dist.world_size}, tc.keep_last)
+            with stop_when_full(ckpt_root, need, f"checkpoint step_{state.step}", judge_by_free=True):
+                save_checkpoint(ckpt_root, state.step, ckpt_model, optimizers,
+                                {"position": stream.position if position is None else position,
+                                 "tokens": state.tokens, "skipped_steps": state.skipped_steps,
+                                 "loss_spikes": state.loss_spikes, "spike_detector": spikes.state_dict(),
+                                 "consecutive_skips": consecutive_skips,
+                                 "elapsed_s": state.elapsed_s, "world_size": dist.world_size}, tc.keep_last)
         barrier(dist)
 
     def forward_again(x, y):
@@ -221,9 +230,12 @@ def train(job: Job) -> TrainState:
             loss_sum += loss.detach()
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm(grads)
-        # one collective: any rank's fault, and the loss summed over ranks (for the spike detector)
-        stats = torch.stack([(~(torch.isfinite(loss_sum) & torch.isfinite(grad_norm))).float(), loss_sum.float()])
-        faulty_ranks, global_loss = all_reduce_sum(stats, dist).tolist()
+        # one collective: any rank's fault, the loss summed over ranks (for the spike detector), and any
+        # rank's stop signal (so every rank stops after this same step)
+        stats = torch.cat([torch.stack([(~(torch.isfinite(loss_sum) & torch.isfinite(grad_norm))).float(),
+                                        loss_sum.float()]),
+                           torch.tensor(job.stop.flags(), device=dist.device)])
+        faulty_ranks, global_loss, *signalled = all_reduce_sum(stats, dist).tolist()
         step_loss = global_loss / tc.grad_accum / dist.world_size
         if faulty_ranks == 0:
             if cfg.optim.grad_clip:  # clipped only when finite: a NaN norm would wipe every gradient
@@ -291,6 +303,14 @@ def train(job: Job) -> TrainState:
         if state.step % tc.ckpt_every == 0 or state.step == tc.steps:
             checkpoint()
             last_ckpt_step, saved_any = state.step, True
+        # A single process stops at the first step end after the signal; ranks stop where they agreed.
+        stop_for = StopSignals.agreed(signalled) if dist.enabled else job.stop.received
+        if stop_for is not None:
+            if state.step != last_ckpt_step:
+                checkpoint()
+                last_ckpt_step = state.step
+            state.stopped_by = stop_for
+            return state
     if state.step != last_ckpt_step:  # stopped early (stop_at_step): keep the progress
         checkpoint()
     return state
