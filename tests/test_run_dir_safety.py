@@ -89,3 +89,38 @@ def test_a_second_signal_is_ignored_and_a_third_kills():
     assert p.stdout.splitlines() == ["1 SIGINT [0.0, 1.0]", "2 SIGINT [0.0, 1.0]"], p.stdout + p.stderr
     assert p.returncode == -signal.SIGINT, p.stderr
     assert "SIGINT again: still saving the checkpoint; a third signal ends the process without it" in p.stderr
+
+
+def test_ctrl_c_finishes_the_step_under_way_and_resumes_bitwise(english_set, tmp_path, monkeypatch, capfd):
+    """SIGINT arrives at the start of step 5 (in this process, where the handler runs): step 5 is finished
+    and saved, the run exits 130, and the same config resumes there to the uninterrupted run's weights."""
+    import torch
+    from safetensors.torch import load_file
+
+    import minimodel.trainer
+
+    steps = {**SHORT, "train.steps": 8, "train.ckpt_every": 3}
+    run(load_config(None, tiny_overrides(english_set, tmp_path / "straight", **steps)))
+    real, calls = minimodel.trainer.set_lr, []
+
+    def set_lr(*args):  # called once at the start of each step
+        calls.append(1)
+        if len(calls) == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args)
+    monkeypatch.setattr(minimodel.trainer, "set_lr", set_lr)
+    out = tmp_path / "stopped"
+    cfg = load_config(None, tiny_overrides(english_set, out, **steps))
+    with pytest.raises(SystemExit) as e:
+        run(cfg)
+    assert e.value.code == 130
+    assert "stopped by SIGINT at step 5; re-run the same command to resume" in capfd.readouterr().err
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_3", "step_5"]
+    assert not (out / "run.lock").exists() and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    monkeypatch.undo()
+    assert run(cfg)["step"] == 8
+    assert "resumed from" in capfd.readouterr().err
+    a, b = load_file(tmp_path / "straight" / "final" / "model.safetensors"), load_file(out / "final" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [(m["step"], m.get("loss")) for m in read_metrics(out)] == \
+           [(m["step"], m.get("loss")) for m in read_metrics(tmp_path / "straight")]
