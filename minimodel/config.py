@@ -11,6 +11,7 @@ A run directory's config.toml adds [run] (`RunInfo`: provenance, written by the 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -195,15 +196,38 @@ class LoraConfig(Section):
 
 @dataclass
 class ReplayConfig(Section):
-    path: str = ""                      # a prepared set of the original language (same tokenizer as data.path)
+    """[replay]: original-language windows mixed into CPT. `source = "data"` reads a prepared set;
+    `source = "generated"` has the frozen base write that set itself before the first step ("dream"
+    replay: for a base whose pretraining data you do not have), into `path` (default
+    <train.out_dir>/dream). `distill` adds that weight x KL(base || model) on replay windows."""
+    path: str = ""                      # the original-language set (same tokenizer as data.path); generated: where it goes
     ratio: float = 0.0                  # share of training windows drawn from it: 0, 0.05, 0.25 ...
     val_split: str = "val"
+    source: str = choice("data", "generated")
+    tokens: int = 0                     # generated: tokens to sample (required; the error says what the run reads)
+    temperature: float = 1.0            # generated: sampling temperature
+    top_p: float = 0.95                 # generated: nucleus sampling
+    prompts: str = ""                   # generated: "" samples from the start of a document; else a UTF-8 file
+    #                                     of short prefixes, one per line, used in turn
+    batch: int = 32                     # generated: samples drawn at once
+    distill: float = 0.0                # weight of the KL to the base's next-token distribution on replay windows
 
     def check(self) -> None:
         if not 0 <= self.ratio < 1:
             raise UserError(f"config key replay.ratio must lie in [0, 1), got {self.ratio}")
-        if self.ratio > 0 and not self.path:
-            raise UserError(f"replay.ratio={self.ratio} but replay.path is empty; name the original-language set")
+        if self.ratio > 0 and not self.path and self.source == "data":
+            raise UserError(f"replay.ratio={self.ratio} but replay.path is empty; name the original-language set "
+                            "(or set replay.source=generated to have the base write one)")
+        if self.distill and self.ratio == 0:
+            raise UserError(f"replay.distill={self.distill} needs replay windows to distil on: set replay.ratio "
+                            "(e.g. 0.05) and a replay source")
+        if not self.distill >= 0:
+            raise UserError(f"config key replay.distill must be >= 0, got {self.distill}")
+        if self.source == "generated":
+            if not 0 < self.temperature <= 10 or not 0 < self.top_p <= 1:
+                raise UserError(f"replay.temperature must lie in (0, 10] and replay.top_p in (0, 1], got "
+                                f"{self.temperature} and {self.top_p}")
+            _positive("replay", self, "batch")
 
 
 @dataclass
@@ -261,6 +285,15 @@ class StageConfig(Config):
 class CptConfig(StageConfig):
     replay: ReplayConfig = field(default_factory=ReplayConfig)
 
+    def check(self) -> None:
+        super().check()
+        rc, tc = self.replay, self.train
+        if rc.source == "generated" and rc.tokens <= 0:
+            reads = math.ceil(rc.ratio * tc.steps * tc.micro_batch * tc.grad_accum * (self.data.seq_len + 1))
+            raise UserError(f"replay.source=generated needs replay.tokens > 0 (got {rc.tokens}): how many tokens "
+                            f"the base should write. This run reads about {reads} replay tokens per process "
+                            f"(replay.ratio x steps x batch); e.g. replay.tokens={max(reads, 1)} repeats no window")
+
 
 @dataclass
 class RunInfo(Section):
@@ -279,6 +312,8 @@ class RunInfo(Section):
     vocab_new_vocab: int = 0
     vocab_initialised: int = 0
     vocab_tied: bool = False
+    dream_tokens: int = 0               # generated replay: tokens the base wrote, and the seconds it took
+    dream_seconds: float = 0.0
 
 
 STAGE_CONFIGS = {"pretrain": RunConfig, "cpt": CptConfig, "sft": StageConfig}
