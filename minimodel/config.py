@@ -211,6 +211,8 @@ class ReplayConfig(Section):
     #                                     of short prefixes, one per line, used in turn
     batch: int = 32                     # generated: samples drawn at once
     distill: float = 0.0                # weight of the KL to the base's next-token distribution on replay windows
+    anchor: float = 0.0                 # EWC-style pull towards the base, Fisher-weighted on the replay set (0: off)
+    fisher_windows: int = 32            # replay windows the anchor's Fisher is estimated on
 
     def check(self) -> None:
         if not 0 <= self.ratio < 1:
@@ -221,8 +223,13 @@ class ReplayConfig(Section):
         if self.distill and self.ratio == 0:
             raise UserError(f"replay.distill={self.distill} needs replay windows to distil on: set replay.ratio "
                             "(e.g. 0.05) and a replay source")
-        if not self.distill >= 0:
-            raise UserError(f"config key replay.distill must be >= 0, got {self.distill}")
+        for key in ("distill", "anchor"):
+            if not getattr(self, key) >= 0:
+                raise UserError(f"config key replay.{key} must be >= 0, got {getattr(self, key)}")
+        if self.anchor and self.source == "data" and not self.path:
+            raise UserError(f"replay.anchor={self.anchor} estimates its Fisher on a replay set: set replay.path, or "
+                            "replay.source=generated (EWC without the old data)")
+        _positive("replay", self, "fisher_windows")
         if self.source == "generated":
             if not 0 < self.temperature <= 10 or not 0 < self.top_p <= 1:
                 raise UserError(f"replay.temperature must lie in (0, 10] and replay.top_p in (0, 1], got "
@@ -287,12 +294,17 @@ class CptConfig(StageConfig):
 
     def check(self) -> None:
         super().check()
-        rc, tc = self.replay, self.train
+        rc = self.replay
         if rc.source == "generated" and rc.tokens <= 0:
-            reads = math.ceil(rc.ratio * tc.steps * tc.micro_batch * tc.grad_accum * (self.data.seq_len + 1))
+            reads = self.replay_tokens_read()
             raise UserError(f"replay.source=generated needs replay.tokens > 0 (got {rc.tokens}): how many tokens "
                             f"the base should write. This run reads about {reads} replay tokens per process "
                             f"(replay.ratio x steps x batch); e.g. replay.tokens={max(reads, 1)} repeats no window")
+
+    def replay_tokens_read(self) -> int:
+        """Replay tokens one process reads over the run (windows of seq_len + 1)."""
+        tc = self.train
+        return math.ceil(self.replay.ratio * tc.steps * tc.micro_batch * tc.grad_accum * (self.data.seq_len + 1))
 
 
 @dataclass

@@ -8,7 +8,8 @@ unsloth on a GPU) on the linear layers, embed_tokens and lm_head trained fully a
 optim.lr x lora.embedding_lr_mult; `lora.enabled=false` is full fine-tuning through the same
 stage. `data.path` is the new language; `replay.path` + `replay.ratio` mix in the original one, or
 `replay.source=generated` has the base write that set itself (minimodel.dream), and `replay.distill`
-pulls the model towards the base's distribution on replay windows (minimodel.distill).
+pulls the model towards the base's distribution on replay windows (minimodel.distill), and
+`replay.anchor` towards the base's weights where they matter (minimodel.anchor).
 Held-out bits per byte of both (val_bpb_<language>) are logged at every evaluation, so the
 forgetting curve is visible while it happens. A tokenizer extended by data_prep.vocab_ext grows
 the embeddings (new rows = mean of the old pieces each new piece decomposes into).
@@ -19,9 +20,10 @@ from pathlib import Path
 
 from minimodel.config import CptConfig
 from minimodel.data import StageData, TokenShards, TrainStream
-from minimodel.distill import DistillOnReplay
+from minimodel.anchor import FisherAnchor, estimate_fisher
 from minimodel.distributed import DistInfo, barrier
 from minimodel.dream import DreamSettings, check_settings, write_dream_set
+from minimodel.guard import ForgettingGuard
 from minimodel.replay import ReplayStream
 from minimodel.stage import Built, adapter_model, check_same_tokenizer, set_name, stage_entry
 
@@ -36,7 +38,7 @@ class ContinuedPretraining:
         taken: set = set()
         val_name = set_name(data_dir, taken)
         extra_val, replay = {}, {}
-        self.dream, self.dist = None, dist
+        self.dream, self.dist, self.replay = None, dist, replay
         if cfg.replay.source == "generated":  # the base writes it in model(), before the first step
             self.dream = (dream_settings(cfg), dream_dir(cfg), replay)
             check_settings(*self.dream[:2])  # bad prefixes, or another set in the way: now, before any work
@@ -81,9 +83,16 @@ class ContinuedPretraining:
             built.info.update(dream_tokens=dreamed["splits"]["train"]["tokens"], dream_seconds=gen["seconds"])
             built.summary += (f", generated replay: {built.info['dream_tokens']} tokens by the base "
                               f"({gen['seconds']:.1f} s) in {self.dream[1]}")
-        if cfg.replay.distill > 0:
-            built.model = DistillOnReplay(built.model, cfg.replay.distill, lora=cfg.lora.enabled)
-            built.summary += f", distillation on replay windows (weight {cfg.replay.distill:g})"
+        rc = cfg.replay
+        if rc.distill > 0 or rc.anchor > 0:
+            anchor = None
+            if rc.anchor > 0:  # at the base, before any checkpoint is loaded; on the device that trains
+                lm = built.model.to(self.dist.device)
+                anchor = FisherAnchor(lm, estimate_fisher(lm, self.replay["set"], rc.fisher_windows), rc.anchor)
+                built.summary += f", Fisher anchor (weight {rc.anchor:g}, {rc.fisher_windows} replay windows)"
+            if rc.distill > 0:
+                built.summary += f", distillation on replay windows (weight {rc.distill:g})"
+            built.model = ForgettingGuard(built.model, rc.distill, lora=cfg.lora.enabled, anchor=anchor)
         return built
 
 

@@ -1,5 +1,6 @@
 """Self-distillation on replay windows: besides the sampled next token, the adapted model is pulled
-towards the base's whole next-token distribution there (loss += weight x KL(base || model)).
+towards the base's whole next-token distribution there (loss += weight x KL(base || model); the
+wrapper that adds it is minimodel.guard).
 
 The base's logits come from the network being trained, not from a second model, when the run is a
 LoRA run: peft's `disable_adapter()` turns the LoRA factors off, and the embeddings (trained in place,
@@ -15,7 +16,6 @@ import torch
 import torch.nn as nn
 
 from minimodel.loading import CausalLM
-from minimodel.loss import cross_entropy
 
 KL_CHUNK_ROWS = 1024  # token rows per fp32 softmax pair: bounds the extra memory on large vocabularies
 
@@ -76,43 +76,3 @@ def kl_sum(student_logits: torch.Tensor, teacher_logits: torch.Tensor, valid: to
         log_q = torch.log_softmax(s[b].float(), -1)
         total = total + ((log_p.exp() * (log_p - log_q)).sum(-1) * v[b]).sum()
     return total
-
-
-class DistillOnReplay(nn.Module):
-    """The model a CPT run trains when replay.distill > 0: forward(ids, targets, replay_rows=mask) adds
-    weight x KL(base || model) on the rows the replay stream marked; without the mask it is the model."""
-
-    def __init__(self, lm: CausalLM, weight: float, lora: bool):
-        super().__init__()
-        self.lm, self.weight = lm, weight
-        self.teacher = AdapterOffTeacher(lm) if lora else FrozenCopyTeacher(lm)
-
-    @property
-    def config(self):
-        return self.lm.config
-
-    def num_params(self) -> int:
-        return self.lm.num_params()
-
-    def attention_modules(self) -> list:
-        return self.lm.attention_modules()
-
-    def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean",
-                replay_rows: torch.Tensor | None = None):
-        if targets is None or replay_rows is None or not bool(replay_rows.any()):
-            return self.lm(ids, targets, reduction=reduction)
-        rows = replay_rows.nonzero().squeeze(1)
-        teacher = self.teacher(ids[rows])  # first: no graph of the student's exists while weights are swapped
-        logits = self.lm(ids)
-        valid = targets != -100
-        total = cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
-        total = total + self.weight * kl_sum(logits[rows], teacher, valid[rows])
-        if reduction == "sum":
-            return total
-        return total / valid.sum().clamp(min=1)
-
-    def distill_loss(self, ids: torch.Tensor) -> torch.Tensor:
-        """Mean KL(base || model) per token over `ids` (a diagnostic, and what the tests check)."""
-        teacher = self.teacher(ids)
-        logits = self.lm(ids)
-        return kl_sum(logits, teacher, torch.ones(ids.shape, dtype=torch.bool, device=ids.device)) / ids.numel()
