@@ -39,12 +39,16 @@ def train_byte_bpe(docs: list[str], out_dir: Path, vocab_size: int) -> Path:
     return Path(out_dir)
 
 
-def fixture_set(out_dir: str | Path, vocab_size: int = 6400, val_every: int = 10) -> Path:
-    """The fixtures as a prepared set in out_dir (every `val_every`-th document held out)."""
+def fixture_set(out_dir: str | Path, vocab_size: int = 6400, n_docs: int | None = None,
+                val_every: int = 10) -> Path:
+    """The fixtures (all, or `n_docs` documents spread over both languages) as a prepared set in
+    out_dir, every `val_every`-th document held out."""
     from data_prep.shards import prepare_from_docs
 
     out_dir = Path(out_dir)
-    docs = fixture_texts()
+    texts = fixture_texts()
+    step = max(len(texts) // n_docs, 1) if n_docs else 1
+    docs = texts[::step][:n_docs]
     tok_dir = train_byte_bpe(docs, out_dir.parent / f".{out_dir.name}.tokenizer", vocab_size)
     splits = {"train": [d for i, d in enumerate(docs) if i % val_every],
               "val": [d for i, d in enumerate(docs) if not i % val_every]}

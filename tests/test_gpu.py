@@ -35,7 +35,7 @@ def fixture_set(tmp_path_factory):
     """A prepared set with a byte-level BPE tokenizer (tokenizer.json: no protobuf needed)."""
     from scripts.gpu_data import fixture_set as build
 
-    return build(tmp_path_factory.mktemp("gpu_set") / "set", vocab_size=VOCAB)
+    return build(tmp_path_factory.mktemp("gpu_set") / "set", vocab_size=VOCAB, n_docs=40)
 
 
 def train_steps(model, steps: int, compiled: bool) -> list[float]:
@@ -82,9 +82,12 @@ def test_resume_matches_a_straight_run(fixture_set, tmp_path):
     from minimodel.config import load_config
     from minimodel.pretrain import run
 
+    # Muon on the GPU (the recipe's optimizer); AdamW on the CPU, where a Muon step costs 0.4 s
+    # (tests/test_pretrain.py covers Muon's resume there)
+    optim = {"optim.name": "muon", "optim.lr": 0.01} if DEVICE == "cuda" else {"optim.name": "adamw", "optim.lr": 3e-3}
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        extra = {"train.device": DEVICE, "train.steps": 6, "train.ckpt_every": 2, "train.eval_every": 100,
+        extra = {**optim, "train.device": DEVICE, "train.steps": 6, "train.ckpt_every": 2, "train.eval_every": 100,
                  "train.eval_batches": 1, "train.attn_logit_every": 0, "model.vocab_size": VOCAB}
         for name, stops in (("straight", [4]), ("again", [4]), ("resumed", [2, 4])):
             for stop in stops:  # stop_at_step: checkpoint and exit there, before the final export
