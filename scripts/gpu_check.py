@@ -125,7 +125,11 @@ def environment(device: torch.device) -> dict:
 
     present = {}
     for name in OPTIONAL:
-        if importlib.util.find_spec(name) is None:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except ImportError:  # a dotted name whose parent package is absent
+            found = False
+        if not found:
             present[name] = None
             continue
         try:
@@ -220,7 +224,10 @@ def main(argv=None) -> int:
         a.out.mkdir(parents=True, exist_ok=True)
         ck = Check(device, a.quick, a.out / f"{now:%Y-%m-%d}-{slug(gpu)}.jsonl", f"{now:%Y-%m-%dT%H:%M:%SZ}", gpu,
                    a.data, section="env")
-        ck.emit(**environment(device), quick=a.quick, budget_s=a.budget, sections=a.sections)
+        try:
+            ck.emit(**environment(device), quick=a.quick, budget_s=a.budget, sections=a.sections)
+        except Exception as e:  # a package probe gone wrong must not cost the measurements
+            ck.emit(error=f"{type(e).__name__}: {e}", quick=a.quick, budget_s=a.budget, sections=a.sections)
         wall = run_sections(ck, a.sections, a.budget)
         ck.section = "summary"
         ck.emit(wall_s=round(wall, 1), outcomes={n: ck.outcome(n) for n in a.sections})

