@@ -281,10 +281,10 @@ def lora_steps(ck, lm, seq: int, fields: dict) -> None:
         try:
             loss = two_steps(lm, opts, x)
         except torch.OutOfMemoryError:
-            ck.emit(**row, weights_gib=held, error="out of memory")
+            ck.emit(**row, held_gib=held and round(held, 2), error="out of memory")
             continue
         peak = torch.cuda.max_memory_allocated(ck.device) / 2**30 if ck.device.type == "cuda" else None
-        ck.emit(**row, loss=round(loss.item(), 4), weights_gib=held and round(held, 2),
+        ck.emit(**row, loss=round(loss.item(), 4), held_gib=held and round(held, 2),
                 peak_gib=peak and round(peak, 2), step_s=round((time.perf_counter() - t0) / 2, 3))
     del opts
     free_memory(ck.device)

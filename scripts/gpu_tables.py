@@ -58,6 +58,10 @@ def when(r: dict) -> str:
     return r["run"].replace("T", " ")[:16]
 
 
+def bold(text: str) -> str:
+    return text if text == "—" else f"**{text}**"
+
+
 def pct(v) -> str:
     return "—" if v is None else f"{100 * v:.1f}%"
 
@@ -82,24 +86,24 @@ def sections_md(records: list[dict]) -> str:
          "MFU", "step peak GiB (ours / theirs)"],
         [[when(r), cell(r["gpu"]), f"{r['params'] / 1e6:.1f}M", f"{r['seq']} x {r['batch']}",
           "compiled" if r["compile"] else "eager", cell(r["native_tok_s"], 0), cell(r["hf_tok_s"], 0),
-          f"**{r['ratio_vs_hf']:.2f}x**", pct(r.get("mfu")),
+          bold(f"{r['ratio_vs_hf']:.2f}x"), pct(r.get("mfu")),
           f"{cell(r.get('native_step_peak_gib'))} / {cell(r.get('hf_step_peak_gib'))}"]
          for r in measured(records, "bench_train")])]
     parts += ["### Muon's share of the training step (104M, bf16)", table(
         ["run (UTC)", "GPU", "seq x batch", "mode", "step ms", "Muon ms", "AdamW ms", "Muon's share"],
         [[when(r), cell(r["gpu"]), f"{r['seq']} x {r['batch']}", "compiled" if r["compile"] else "eager",
-          cell(r["step_ms"], 1), cell(r["muon_ms"], 1), cell(r["adamw_ms"], 1), f"**{pct(r['muon_share'])}**"]
+          cell(r["step_ms"], 1), cell(r["muon_ms"], 1), cell(r["adamw_ms"], 1), bold(pct(r["muon_share"]))]
          for r in measured(records, "muon_share")])]
     parts += ["### The largest 104M micro-batch on a 24 GB card (eager, bf16, Muon; memory capped)", table(
         ["run (UTC)", "GPU", "seq", "cap GiB", "largest micro-batch", "peak GiB at it", "first that failed"],
-        [[when(r), cell(r["gpu"]), cell(r["seq"]), cell(r["cap_gib"], 1), f"**{r['max_micro_batch']}**",
+        [[when(r), cell(r["gpu"]), cell(r["seq"]), cell(r["cap_gib"], 1), bold(cell(r["max_micro_batch"])),
           cell(r.get("peak_gib")), cell(r.get("first_oom"))] for r in measured(records, "microbatch_24gb")])]
     parts += ["### The 7B LoRA recipe's memory (random Mistral-7B weights, LoRA r=128 + embeddings, AdamW)", table(
-        ["run (UTC)", "GPU", "model", "base", "grad ckpt", "seq x micro-batch", "trainable", "weights GiB",
-         "peak GiB", "s / step"],
+        ["run (UTC)", "GPU", "model", "base", "grad ckpt", "seq x micro-batch", "trainable",
+         "held before GiB (weights, optimizer state)", "peak GiB", "s / step"],
         [[when(r), cell(r["gpu"]), cell(r["model"]), f"{r['backend']}, {r['base_dtype']}", cell(r["grad_ckpt"]),
-          f"{r['seq']} x {r['micro_batch']}", f"{r['trainable'] / 1e6:.1f}M", cell(r.get("weights_gib")),
-          f"**{cell(r.get('peak_gib'))}**", cell(r.get("step_s"))] for r in measured(records, "lora_7b")])]
+          f"{r['seq']} x {r['micro_batch']}", f"{r['trainable'] / 1e6:.1f}M", cell(r.get("held_gib")),
+          bold(cell(r.get("peak_gib"))), cell(r.get("step_s"))] for r in measured(records, "lora_7b")])]
     parts += ["### 300 steps of the 104M core (recipes/configs/core_104m.toml, seq 1024 x 16)", table(
         ["run (UTC)", "GPU", "data", "steps", "compiled", "train loss first → last", "val loss start → end",
          "epochs", "MFU (logged)", "tok/s", "wall s"],
