@@ -72,14 +72,21 @@ def junit_summary(path: Path) -> dict:
 
 def gpu_tests(ck) -> None:
     """`pytest -m gpu tests/test_gpu.py` in a child process; on the CPU dry run the same tests run on the CPU."""
-    env = dict(os.environ)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # so a cut-off run's output shows what finished
     if ck.device.type == "cpu":
         env["MINIMODEL_TEST_DEVICE"] = "cpu"
     with tempfile.TemporaryDirectory() as tmp:
         xml = Path(tmp) / "junit.xml"
-        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu",
-                            "tests/test_gpu.py", f"--junitxml={xml}"], cwd=ROOT, env=env, capture_output=True,
-                           text=True, timeout=max(ck.left() - 2, 1))
+        cmd = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-m", "gpu", "tests/test_gpu.py",
+               f"--junitxml={xml}"]
+        try:
+            r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=max(ck.left() - 2, 1))
+        except subprocess.TimeoutExpired as e:  # what finished before the cut still counts
+            out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else e.stdout or ""
+            done = [line.split(" ", 1)[0].split("::")[-1] + " " + line.split()[1] for line in out.splitlines()
+                    if "::" in line and any(w in line for w in ("PASSED", "FAILED", "SKIPPED", "ERROR"))]
+            ck.emit(error=f"pytest timed out after {e.timeout:.0f} s", finished=done)
+            return
         if not xml.is_file():
             raise RuntimeError(f"pytest wrote no report (exit {r.returncode}): {r.stdout[-300:]}{r.stderr[-300:]}")
         ck.emit(**junit_summary(xml), exit_status=r.returncode)
@@ -355,7 +362,8 @@ def pretrain_300(ck) -> None:
             o.update({"model.vocab_size": vocab, "model.d_model": 64, "model.n_layers": 2, "model.n_heads": 4,
                       "model.n_kv_heads": 2, "model.ffn_dim": 192, "data.seq_len": 64, "train.steps": 12,
                       "train.micro_batch": 8, "train.log_every": 3, "train.eval_every": 6,
-                      "train.ckpt_every": 12, "train.attn_logit_every": 6, "optim.warmup_steps": 3})
+                      "train.ckpt_every": 12, "train.attn_logit_every": 6, "optim.warmup_steps": 3,
+                      "optim.name": "adamw", "optim.lr": 3e-3})  # a Muon step is 0.4 s on a CPU
         else:
             recipe = "recipes/configs/core_104m.toml"
             o.update({"data.seq_len": 1024, "train.steps": 300, "train.micro_batch": 16, "train.grad_accum": 1,

@@ -137,6 +137,8 @@ def test_bad_invocations_are_one_line_errors(tmp_path):
         gpu_check.parse_args(["--device", "cpu"])
     with pytest.raises(UserError, match="unknown section"):
         gpu_check.parse_args(["--device", "cpu", "--out", str(tmp_path), "--sections", "bench,nope"])
+    with pytest.raises(UserError, match="budget must be > 0"):
+        gpu_check.parse_args(["--device", "cpu", "--out", str(tmp_path), "--budget", "0"])
     with pytest.raises(UserError, match="not a prepared set"):
         gpu_check.parse_args(["--device", "cpu", "--out", str(tmp_path), "--data", str(tmp_path)])
     if not torch.cuda.is_available():
