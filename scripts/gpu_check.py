@@ -4,7 +4,7 @@
     python -m scripts.gpu_check --device cpu --quick --out DIR    the CPU dry run (part of the tests)
     python -m scripts.gpu_check --render-only                     re-render docs/benchmarks.md
 
-Sections, in order (scripts/gpu_sections.py): env, the CUDA-path tests (`pytest -m gpu`), the training
+Sections, in order (scripts/gpu_sections.py, scripts/gpu_lora.py): env, the CUDA-path tests (`pytest -m gpu`), the training
 step against transformers (104M, seq 1024/2048, eager/compiled), Muon's share of the step, the largest
 104M micro-batch on a 24 GB card, the 7B LoRA recipe's peak memory, 300 steps of the 104M core. Each
 record is one JSON line appended (and flushed) to OUT/<date>-<gpu>.jsonl the moment it is measured, so
@@ -33,7 +33,7 @@ from typing import Callable
 import torch
 
 from minimodel.errors import UserError, cli_entry
-from scripts import gpu_sections as S
+from scripts import gpu_lora, gpu_sections as S
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "docs" / "gpu"
@@ -44,7 +44,7 @@ SECTIONS: dict[str, tuple[Callable, float, float]] = {
     "bench_train": (S.bench_train, 170, 40),
     "muon_share": (S.muon_share, 60, 15),
     "microbatch_24gb": (S.microbatch_24gb, 50, 20),
-    "lora_7b": (S.lora_7b, 80, 40),
+    "lora_7b": (gpu_lora.lora_7b, 80, 40),
     "pretrain_300": (S.pretrain_300, 120, 75),
 }
 GPU_BUDGET_S = 450  # the sections' share of gpu_check.sh's 8 minutes (start-up and rendering take the rest)

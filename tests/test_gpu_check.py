@@ -144,3 +144,11 @@ def test_bad_invocations_are_one_line_errors(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="no CUDA device"):
             gpu_check.parse_args(["--device", "cuda"])
+
+
+def test_the_gpu_budget_fits_the_shell_scripts_limit():
+    import re
+
+    limit = int(re.search(r"timeout .* (\d+) \"\$PY\"", (ROOT / "scripts" / "gpu_check.sh").read_text()).group(1))
+    assert limit <= 8 * 60 and gpu_check.GPU_BUDGET_S + 20 <= limit  # start-up and rendering fit the rest
+    assert sum(need for _, _, need in gpu_check.SECTIONS.values()) <= gpu_check.GPU_BUDGET_S
