@@ -46,6 +46,7 @@ SECTIONS: dict[str, tuple[Callable, float, float]] = {
     "microbatch_24gb": (S.microbatch_24gb, 50, 20),
     "lora_7b": (gpu_lora.lora_7b, 80, 40),
     "pretrain_300": (S.pretrain_300, 120, 75),
+    "dream_replay": (S.dream_replay, 45, 20),
 }
 GPU_BUDGET_S = 450  # the sections' share of gpu_check.sh's 8 minutes (start-up and rendering take the rest)
 QUICK_SLACK = 4

@@ -273,3 +273,35 @@ def pretrain_300(ck) -> None:
             tok_s=round(statistics.median(m["tok_per_s"] for m in later)),
             peak_mem_gib=round(later[-1]["peak_mem_gib"], 2) if "peak_mem_gib" in later[-1] else None,
             wall_s=round(wall, 1), exported="final" in result)
+
+
+# ---------------------------------------------------------------- generated replay's sampling speed
+
+def dream_replay(ck) -> None:
+    """Sampling speed of generated ("dream") replay at 104M (minimodel.generate, KV cache, bf16): with a
+    CPT run's tokens/s it says what share of the run the base's writing of its replay set takes."""
+    from minimodel.generate import generate
+    from minimodel.model import MiniModel, model_config_from
+
+    preset, seq, batches = ("tiny", 64, (4, 16)) if ck.quick else ("104m", 1024, (64, 256))
+    small = dict(d_model=64, n_layers=2, ffn_dim=128, vocab_size=1024) if ck.quick else {}
+    torch.manual_seed(0)
+    model = MiniModel(model_config_from(preset, max_seq_len=seq, **small)).to(ck.device).eval()
+    for batch in batches:
+        fields = {"preset": preset, "params": model.num_params(), "batch": batch, "sample_tokens": seq - 1}
+        if not time_for(ck, 5 if ck.quick else 20, **fields):
+            continue
+        free_memory(ck.device)
+        prompt = torch.zeros(batch, 1, dtype=torch.long, device=ck.device)
+        gen = torch.Generator(device=ck.device).manual_seed(0)
+        sync(ck.device)
+        t0 = time.perf_counter()
+        with autocast(ck.device):
+            out = generate(model, prompt, seq - 1, temperature=1.0, top_p=0.95, generator=gen)
+        sync(ck.device)
+        seconds = time.perf_counter() - t0
+        new = (out.shape[1] - 1) * batch
+        peak = torch.cuda.max_memory_allocated(ck.device) / 2**30 if ck.device.type == "cuda" else None
+        ck.emit(**fields, seconds=round(seconds, 3), tok_s=round(new / seconds, 1), peak_gib=peak)
+    del model
+    free_memory(ck.device)
