@@ -26,7 +26,7 @@ FIXTURE = ROOT / "tests" / "fixtures" / "english_web.jsonl"
 
 def small(**extra):
     base = {"model.preset": "tiny", "model.vocab_size": 512, "data.seq_len": 64, "train.steps": 7,
-            "train.micro_batch": 3, "train.grad_accum": 5, "train.eval_every": 0}
+            "train.micro_batch": 3, "train.grad_accum": 5, "train.eval_every": 1000}
     base.update(extra)
     return load_config(None, [f"{k}={v}" for k, v in base.items()])
 
