@@ -42,6 +42,11 @@ case "$RECIPE" in
         HF_ARGS=(optim.lr="$lr" data.seq_len="$seq")
         RANK="${RANK:-$rank}" ;;
 esac
+if [ "$RECIPE" = core ] && [ ! -d "$BASE" ]; then  # a local run by construction: never ask the hub for it
+    echo "error: base not found locally: $BASE (the 104M core: pretrain it first with bash recipes/pretrain_core.sh," \
+         "or set BASE to a run directory)" >&2
+    exit 2
+fi
 NAME="${NAME:-cpt_${RECIPE}_ko_replay${REPLAY}_lora${LORA}${RANK:+_r$RANK}}"
 KO_RAW="$DATA_DIR/kowiki_raw.jsonl"
 # PLAN=1: memory per GPU, time and cost of this stage (frozen base, trainable adapters); runs nothing
