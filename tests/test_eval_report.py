@@ -94,3 +94,40 @@ def test_report_refuses_incomplete_input(runs, tmp_path, capsys):
         build([cpt])
     with pytest.raises(UserError, match="not a run directory"):
         build([tmp_path])
+
+
+def test_eval_forgetting_scores_each_run_at_its_training_context(runs, tmp_path):
+    """recipes/eval_forgetting.sh: no CTX means the seq_len each run was trained with (64 here, not
+    1024); CTX=N still goes to eval.bpb and lm-eval (checked with a stand-in interpreter that logs)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from minimodel.config import read_run_config
+
+    root, core, _ = runs
+    run = tmp_path / "core"
+    shutil.copytree(core, run, ignore=shutil.ignore_patterns("eval", "checkpoints"))
+    assert read_run_config(run).config.data.seq_len == 64
+    env = {**os.environ, "PY": sys.executable, "PYTHONPATH": str(ROOT), "RUNS": str(run), "TASKS": "",
+           "HELDOUT": f"{root / 'en_heldout.jsonl'} {root / 'ko_heldout.jsonl'}", "OUT": str(tmp_path / "out")}
+    env.pop("CTX", None)
+    r = subprocess.run(["bash", "recipes/eval_forgetting.sh"], cwd=ROOT, capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    sets = json.loads((run / "eval" / "bpb.json").read_text())["sets"]
+    assert {s: v["context"] for s, v in sets.items()} == {"en_heldout": 64, "ko_heldout": 64}
+    assert (tmp_path / "out" / "report" / "report.md").is_file()
+    log, fake = tmp_path / "calls.log", tmp_path / "fakepy"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    fake.chmod(0o755)
+    for ctx in (None, "32"):
+        log.write_text("")
+        extra = {"PY": str(fake), "TASKS": "minimodel_cloze_en", **({"CTX": ctx} if ctx else {})}
+        r = subprocess.run(["bash", "recipes/eval_forgetting.sh"], cwd=ROOT, capture_output=True, text=True,
+                           env={**env, **extra}, timeout=60)
+        assert r.returncode == 0, r.stderr
+        calls = {c.split()[1]: c for c in log.read_text().splitlines()}
+        assert ("--ctx 32" in calls["eval.bpb"]) == bool(ctx) and ("--max-length 32" in calls["eval.harness"]) == bool(ctx)
+        assert ctx or "--ctx" not in calls["eval.bpb"] and "--max-length" not in calls["eval.harness"]
