@@ -132,9 +132,6 @@ def resolve(spec: str | Path, adapter: str | Path | None = None, gguf_dir: str |
     if not is_hub_id(spec):
         raise UserError(f"model not found: {spec} (not a run, model or adapter directory, a .gguf file "
                         "or a hub id like org/name)")
-    if why := local_path_missing(spec):
-        raise UserError(f"model not found locally: {spec} ({why}); train or copy it there first, or name "
-                        "an existing directory")
     return Source(str(spec), "hf", hub_snapshot(str(spec), revision))
 
 
@@ -203,6 +200,9 @@ def hub_snapshot(repo_id: str, revision: str | None = None, tokenizer_only: bool
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
+    if why := local_path_missing(repo_id):
+        raise UserError(f"model not found locally: {repo_id} ({why}); train or copy it there first, or name "
+                        "an existing directory")
     files = ["*.json", "tokenizer.model", "*.tiktoken", "*.txt", "*.jinja"]
     try:
         return Path(snapshot_download(repo_id, revision=revision,
