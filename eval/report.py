@@ -283,12 +283,13 @@ def plot_forgetting(curves: dict) -> bytes | None:
         ax.set(title=LANGUAGES[lang], xlabel="step of the run", ylabel="bits per byte (lower is better)")
         ax.grid(alpha=0.3)
     handles = [Line2D([], [], color=c, lw=1.5, label=n) for n, c in colours.items()] + [
+        Line2D([], [], color="gray", lw=1.5, label="logged along the run (val split)"),
         Line2D([], [], ls="", marker="o", mfc="none", mec="gray", label="held-out: the base, before the run"),
         Line2D([], [], ls="", marker="o", color="gray", label="held-out: the run's result")]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=8, frameon=False,
                bbox_to_anchor=(0.5, -0.02))
     fig.suptitle("Both languages along training (forgetting curve)")
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     return _png(fig)
 
 
