@@ -56,11 +56,14 @@ stage "data: $KO_DOCS Korean Wikipedia articles -> $KO_RAW"
 if [ ! -f "$KO_RAW" ]; then
     "$PY" - "$KO_RAW" "$KO_DOCS" <<'PY'
 import itertools, json, sys
-from datasets import load_dataset
+from data_prep.sources import hf_records
+from minimodel.errors import cli_entry
 from minimodel.io import write_text
-rows = load_dataset("wikimedia/wikipedia", "20231101.ko", split="train", streaming=True)
-lines = (json.dumps({"id": r["id"], "text": r["text"]}, ensure_ascii=False) for r in rows)
-write_text(sys.argv[1], "\n".join(itertools.islice(lines, int(sys.argv[2]))) + "\n")
+def main():  # offline or unreachable hub: one error line (cli_entry), no file
+    rows = (r for _, r in hf_records("wikimedia/wikipedia", "20231101.ko"))
+    lines = (json.dumps({"id": r["id"], "text": r["text"]}, ensure_ascii=False) for r in rows)
+    write_text(sys.argv[1], "\n".join(itertools.islice(lines, int(sys.argv[2]))) + "\n")
+cli_entry(main)()
 PY
 fi
 
