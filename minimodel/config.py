@@ -29,8 +29,16 @@ def choice(default: str, *options: str):
 
 def _positive(section: str, obj, *keys: str) -> None:
     for key in keys:
-        if getattr(obj, key) <= 0:
-            raise UserError(f"config key {section}.{key} must be > 0")
+        if not getattr(obj, key) > 0:
+            raise UserError(f"config key {section}.{key} must be > 0, got {getattr(obj, key)!r}")
+
+
+def _in_range(section: str, obj, key: str, low: float, high: float) -> None:
+    """low <= value < high: what torch's optimizers would otherwise reject with a traceback."""
+    v = getattr(obj, key)
+    if not low <= v < high:
+        raise UserError(f"config key {section}.{key} must be >= {low}, got {v!r}" if high == math.inf else
+                        f"config key {section}.{key} must lie in [{low}, {high}), got {v!r}")
 
 
 class Section:
@@ -98,7 +106,11 @@ class OptimConfig(Section):
     min_lr_frac: float = 0.1            # final lr as a fraction of the peak
 
     def check(self) -> None:
-        _positive("optim", self, "lr", "adam_lr")
+        _positive("optim", self, "lr", "adam_lr", "eps")
+        for key in ("beta1", "beta2", "muon_momentum"):
+            _in_range("optim", self, key, 0, 1)
+        for key in ("weight_decay", "grad_clip", "warmup_steps"):  # grad_clip 0 disables clipping
+            _in_range("optim", self, key, 0, math.inf)
         if not 0 <= self.decay_frac <= 1 or not 0 <= self.min_lr_frac <= 1:
             raise UserError("optim.decay_frac and optim.min_lr_frac must lie in [0, 1]")
 
@@ -138,6 +150,12 @@ class TrainConfig(Section):
 
     def check(self) -> None:
         _positive("train", self, "steps", "micro_batch", "grad_accum", "eval_batches", "keep_last")
+        for key in ("log_every", "eval_every", "ckpt_every"):  # every N steps: 0 would divide by zero mid-run
+            if getattr(self, key) <= 0:
+                raise UserError(f"config key train.{key} must be > 0 (steps between two of them; set it to "
+                                f"train.steps for once at the end), got {getattr(self, key)!r}")
+        for key in ("attn_logit_every", "stop_at_step"):  # 0 turns them off
+            _in_range("train", self, key, 0, math.inf)
         if self.max_consecutive_skips < 0 or not self.spike_sigma >= 0:
             raise UserError("train.max_consecutive_skips and train.spike_sigma must be >= 0 (spike_sigma=0 turns "
                             "spike logging off)")
@@ -181,7 +199,7 @@ class LoraConfig(Section):
 
     def check(self) -> None:
         for key in ("rank", "alpha", "embedding_lr_mult"):
-            if getattr(self, key) <= 0:
+            if not getattr(self, key) > 0:
                 raise UserError(f"config key lora.{key} must be > 0, got {getattr(self, key)}")
         if not 0 <= self.dropout < 1:
             raise UserError(f"config key lora.dropout must lie in [0, 1), got {self.dropout}")
@@ -389,18 +407,21 @@ def _coerce(section: str, key: str, value: Any, typ) -> Any:
             raise UserError(f"config key {where} must be an integer, got {value!r}")
         try:
             f = float(value)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise UserError(f"config key {where} must be an integer, got {value!r}") from None
-        if f != int(f):
+        if not math.isfinite(f) or f != int(f):
             raise UserError(f"config key {where} must be an integer, got {value!r}")
         return int(f)
     if typ is float:
         if isinstance(value, bool):
             raise UserError(f"config key {where} must be a number, got {value!r}")
         try:
-            return float(value)
-        except (TypeError, ValueError):
+            f = float(value)
+        except (TypeError, ValueError, OverflowError):
             raise UserError(f"config key {where} must be a number, got {value!r}") from None
+        if not math.isfinite(f):  # nan or inf would reach torch (or a comparison that lets nan through)
+            raise UserError(f"config key {where} must be a finite number, got {value!r}")
+        return f
     if typ is str:
         if not isinstance(value, str):
             raise UserError(f"config key {where} must be a string, got {value!r}")
