@@ -61,6 +61,29 @@ def test_generated_set_is_a_valid_deterministic_shard_set(bilingual, tmp_path):
         write_dream_set(lm, settings(bilingual["core"], temperature=0.7), tmp_path / "a", bilingual["tok_shared"])
 
 
+def test_a_killed_generation_leaves_nothing_and_restarts_to_the_same_set(bilingual, tmp_path, monkeypatch):
+    import minimodel.dream as dream
+
+    real, calls = dream._continue, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of sampling
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dream, "_continue", interrupted)
+    lm = load(bilingual["core"])
+    two_batches = settings(bilingual["core"], tokens=1200, batch=8)
+    with pytest.raises(KeyboardInterrupt):
+        write_dream_set(lm, two_batches, tmp_path / "set", bilingual["tok_shared"])
+    assert list(tmp_path.iterdir()) == []  # no set, no temp directory
+    monkeypatch.setattr(dream, "_continue", real)
+    write_dream_set(lm, two_batches, tmp_path / "set", bilingual["tok_shared"])
+    write_dream_set(lm, two_batches, tmp_path / "again", bilingual["tok_shared"])
+    assert np.array_equal(read_tokens(tmp_path / "set", "train"), read_tokens(tmp_path / "again", "train"))
+
+
 def test_prefix_prompts_start_every_sample(bilingual, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("In the beginning\nAnd God said\n\n", encoding="utf-8")
