@@ -12,7 +12,9 @@ Writes (all sets share the aligned held-out Bible chapters as their val split):
     data/tokenizer_report.json
 Each set also holds heldout.jsonl: its val documents as text ({"id","unit","lang","text"}),
 in the same unit order in both languages, for bits-per-byte on content-matched text.
-A re-run with the same inputs writes nothing.
+A re-run with the same inputs writes nothing. Another language pair (--new-lang de) in a directory
+that already holds a demo is refused: its sets and shared tokenizer would be replaced under the
+models trained on them; the error names the commands that add it beside them.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from data_prep.splits import heldout_units, split_docs
 from data_prep.tok_report import tokenizer_report
 from data_prep.tokenizer import train_tokenizer, weighted_texts
 from data_prep.vocab_ext import extend_tokenizer
-from minimodel.errors import cli_entry
+from minimodel.errors import UserError, cli_entry
 from minimodel.io import write_json
 
 
@@ -93,9 +95,30 @@ def load_corpora(base_lang: str, new_lang: str, val_fraction: float, seed: int, 
     return splits, sources, held
 
 
+def refuse_other_pair(out: Path, base_lang: str, new_lang: str) -> None:
+    """A demo of another language pair in `out` shares this one's set and tokenizer names (demo_en,
+    tokenizers/shared.model): writing would replace them under the models trained on them."""
+    try:
+        sets = json.loads((out / "tokenizer_report.json").read_text(encoding="utf-8"))["sets"]
+        have = sorted({s["language"] for s in sets.values()})
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no demo there yet (or an unreadable record: the sets' own checks apply)
+    if set(have) == {base_lang, new_lang}:
+        return
+    tok = out / "tokenizers" / "shared.model"
+    raise UserError(
+        f"{out} already holds the {'+'.join(have)} demo ({', '.join(str(out / n) for n in sorted(sets))} and {tok}, "
+        f"the tokenizer the models trained on them use); --base-lang {base_lang} --new-lang {new_lang} would overwrite "
+        f"them. Add {new_lang} beside them in that tokenizer: python -m data_prep.prepare --out "
+        f"{out / f'demo_{new_lang}'} --bible {new_lang} --lang {new_lang} --tokenizer {tok}; or make a separate "
+        f"{base_lang}+{new_lang} demo: python -m data_prep.demo --out {out / f'{base_lang}_{new_lang}'} "
+        f"--base-lang {base_lang} --new-lang {new_lang}")
+
+
 def run(out: Path, base_lang: str = "en", new_lang: str = "ko", vocab_size: int = 8192,
         base_vocab_size: int = 4096, new_vocab_size: int = 4096, val_fraction: float = 0.05,
         seed: int = 0, num_proc: int = 2, extension: bool = True, log=print) -> dict:
+    refuse_other_pair(out, base_lang, new_lang)
     t0 = time.time()
     splits, sources, held = load_corpora(base_lang, new_lang, val_fraction, seed, with_konlpy=True)
     texts = {lang: {s: [d.text for d in ds] for s, ds in sp.items()} for lang, sp in splits.items()}

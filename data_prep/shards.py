@@ -24,17 +24,13 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from minimodel.data import SHARDS_FORMAT, manifest_problem, read_manifest
+from minimodel.data import SHARDS_FORMAT, build_manifest, manifest_problem, read_manifest, token_dtype, write_split
 from minimodel.errors import UserError
 from minimodel.io import atomic_dir, file_sha256, write_bytes, write_json
 from minimodel.tokenizer import Tokenizer, open_tokenizer
 
 SHARD_TOKENS = 1 << 24  # ~32 MB per uint16 shard
 CHUNK_BYTES = 1 << 20  # work unit per process
-
-
-def token_dtype(vocab_size: int) -> np.dtype:
-    return np.dtype("<u2") if vocab_size < 65536 else np.dtype("<u4")
 
 
 def _flatten(docs: list[list[int]], dtype) -> np.ndarray:
@@ -102,31 +98,6 @@ def make_pool(tokenizer_path: str | Path, num_proc: int):
     # fork starts in milliseconds; data_prep holds no threads that fork would break
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     return ctx.Pool(num_proc, initializer=_worker_init, initargs=(str(tokenizer_path),))
-
-
-def write_split(out_dir: Path, split: str, tokens: np.ndarray, dtype: np.dtype,
-                shard_tokens: int = SHARD_TOKENS) -> list[dict]:
-    shards = []
-    for i, start in enumerate(range(0, max(len(tokens), 1), shard_tokens)):
-        chunk = tokens[start:start + shard_tokens].astype(dtype)
-        rel = f"{split}/shard_{i:05d}.bin"
-        write_bytes(out_dir / rel, chunk.tobytes())
-        shards.append({"file": rel, "tokens": int(len(chunk))})
-    return shards
-
-
-def build_manifest(tok: Tokenizer, splits: dict, sources: list, dtype: np.dtype) -> dict:
-    return {
-        "format": SHARDS_FORMAT,
-        "dtype": dtype.name,
-        "vocab_size": tok.vocab_size,
-        "tokenizer": {"kind": tok.kind, "file": tok.file.name, "sha256": tok.sha256,
-                      "bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id},
-        "eos_id": tok.eos_id,
-        "splits": splits,
-        "sources": sources,
-        "command": command_line(),
-    }
 
 
 def command_line() -> str:
@@ -216,7 +187,7 @@ def prepare_from_docs(out_dir: str | Path, tokenizer_path: str | Path,
                                  "bytes_per_token": round(n_bytes / max(len(tokens), 1), 6)}
             for rel, data in (extra_files or {}).items():
                 write_bytes(tmp / rel, data.encode("utf-8") if isinstance(data, str) else data)
-            manifest = build_manifest(tok, splits, sources or [], dtype)
+            manifest = build_manifest(tok, splits, sources or [], dtype, command_line())
             manifest["max_token_id"] = max_id
             manifest["fingerprint"] = fp
             manifest.update(extra_manifest or {})

@@ -19,6 +19,21 @@ LANGUAGES = {"en": "English", "ko": "Korean", "de": "German", "es": "Spanish", "
              "ru": "Russian", "zh": "Chinese", "ja": "Japanese"}
 
 
+def verdict_bands() -> str:
+    """The verdict thresholds in words, from VERDICTS (what the report states beside its verdicts)."""
+    parts, low = [], None
+    for bound, word in VERDICTS:
+        if low is None:
+            span = f"<= {bound * 100:+g}%"
+        elif bound == float("inf"):
+            span = f"> {low * 100:+g}%"
+        else:
+            span = f"{low * 100:+g}% to {bound * 100:+g}%"
+        parts.append(f"{word} {span}")
+        low = bound
+    return "; ".join(parts)
+
+
 def language_of(set_name: str) -> str:
     return set_name.split("_", 1)[0]
 

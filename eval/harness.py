@@ -14,6 +14,7 @@ directories with tokenizer files. Writes RUN_DIR/eval/lm_eval.json (or --out).
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import shlex
 import sys
@@ -30,6 +31,28 @@ TASK_DIR = Path(__file__).resolve().parent / "tasks"
 # Standard tasks selectable by name; every one downloads its dataset from the hub.
 HUB_TASKS = ("hellaswag", "arc_easy", "arc_challenge", "piqa", "winogrande", "lambada_openai", "wikitext",
              "kobest_boolq", "kobest_copa", "kobest_hellaswag", "kobest_sentineg", "kobest_wic", "kobest")
+
+
+# Accuracy of a uniform guess on the standard multiple-choice tasks (2 or 4 choices per item).
+HUB_CHANCE = {"hellaswag": 0.25, "arc_easy": 0.25, "arc_challenge": 0.25, "piqa": 0.5, "winogrande": 0.5,
+              "kobest_boolq": 0.5, "kobest_copa": 0.5, "kobest_hellaswag": 0.25, "kobest_sentineg": 0.5,
+              "kobest_wic": 0.5}
+
+
+def chance_level(task: str) -> float | None:
+    """Accuracy of a uniform guess: for a local multiple-choice task, the mean of 1/choices over the
+    items of its data file (0.25 on the cloze tasks); None for tasks that have no such level."""
+    if task in HUB_CHANCE:
+        return HUB_CHANCE[task]
+    path = local_tasks().get(task)
+    if path is None:
+        return None
+    cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    files = list(cfg.get("dataset_kwargs", {}).get("data_files", {}).values())
+    if cfg.get("output_type") != "multiple_choice" or not files or not (path.parent / files[0]).is_file():
+        return None
+    items = [json.loads(line) for line in (path.parent / files[0]).read_text(encoding="utf-8").splitlines() if line]
+    return sum(1 / len(i["choices"]) for i in items) / len(items) if items else None
 
 
 def local_tasks() -> dict[str, Path]:

@@ -20,7 +20,9 @@ import sys
 from pathlib import Path
 
 from minimodel.errors import UserError, cli_entry
-from eval.forgetting import (backward_transfer, benchmark_deltas, forgetting_rows, language_of)
+from eval.forgetting import (LANGUAGES, backward_transfer, benchmark_deltas, forgetting_rows, language_of,
+                             verdict_bands)
+from eval.harness import chance_level
 from minimodel.config import RunConfig, read_run_config
 from minimodel.loading import model_shape
 from minimodel.io import atomic_dir, read_json_object, write_bytes, write_json, write_text
@@ -254,17 +256,40 @@ def forgetting_curves(runs: dict) -> dict[str, dict[str, list]]:
 
 
 def plot_forgetting(curves: dict) -> bytes | None:
+    """One panel per language (small multiples), one colour per run: the held-out bpb logged along
+    training as a line, the base before and the result after each run as hollow and filled markers;
+    one legend under the panels, outside the data."""
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    if not curves:
-        return None
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    panels: dict[str, list] = {}
     for n, sets in curves.items():
         for s, pts in sets.items():
-            ax.plot(*zip(*pts), marker="o", ms=3, ls="--" if "held-out" in s else "-", label=f"{n}: {s}")
-    ax.set(xlabel="step", ylabel="validation bits per byte", title="Both languages along training (forgetting curve)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+            lang = language_of(s)
+            if lang in LANGUAGES:  # other sets (SFT answers, ...) stay in report.json
+                panels.setdefault(lang, []).append((n, "held-out" in s, pts))
+    if not panels:
+        return None
+    colours = {n: f"C{i}" for i, n in enumerate(curves)}
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (lang, series) in zip(axes[0], sorted(panels.items())):
+        for n, endpoints, pts in series:
+            xs, ys = zip(*pts)
+            if endpoints:
+                ax.scatter(xs[:1], ys[:1], facecolors="none", edgecolors=colours[n], s=36, zorder=3)
+                ax.scatter(xs[-1:], ys[-1:], color=colours[n], s=36, zorder=3)
+            else:
+                ax.plot(xs, ys, color=colours[n], lw=1.5)
+        ax.set(title=LANGUAGES[lang], xlabel="step of the run", ylabel="bits per byte (lower is better)")
+        ax.grid(alpha=0.3)
+    handles = [Line2D([], [], color=c, lw=1.5, label=n) for n, c in colours.items()] + [
+        Line2D([], [], color="gray", lw=1.5, label="logged along the run (val split)"),
+        Line2D([], [], ls="", marker="o", mfc="none", mec="gray", label="held-out: the base, before the run"),
+        Line2D([], [], ls="", marker="o", color="gray", label="held-out: the run's result")]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, -0.02))
+    fig.suptitle("Both languages along training (forgetting curve)")
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     return _png(fig)
 
 
@@ -352,6 +377,7 @@ def build(run_dirs: list[Path], rate: float = DEFAULT_USD_PER_GPU_HOUR) -> tuple
                             "re-run python -m eval.bpb with the same --ctx for a like-for-like comparison")
     report = {"warnings": warnings, "models": models, "forgetting": forgetting, "verdicts": verdicts, "benchmark_deltas": deltas,
               "backward_transfer": bwt, "languages": {"original": orig, "new": new},
+              "chance": {t: chance_level(t) for t in sorted({t for m in models.values() for t in m["benchmarks"]})},
               "pareto": pts, "forgetting_curves": {n: {s: [list(p) for p in c] for s, c in sets.items()}
                                                   for n, sets in curves.items()},
               "generations": {n: r["generations"]["samples"] for n, r in runs.items() if r["generations"]},
@@ -387,7 +413,8 @@ def render_md(rep: dict) -> str:
         L += ["## Verdict", ""]
         for n, lines in rep["verdicts"].items():
             L.append(f"- **{n}** (vs {models[n]['base']}): " + "; ".join(lines))
-        L.append("")
+        L += ["", f"Each verdict is the held-out bpb change relative to the base: {verdict_bands()} "
+              "(bpb varies by ~0.5% between seeds at demo size).", ""]
     L += ["## Runs", "",
           "| run | stage | base | model | optimizer | params | tokens | wall | hardware | device-h | est. cost | "
           + " | ".join(f"{s} bpb" for s in sets) + " |",
@@ -427,6 +454,11 @@ def render_md(rep: dict) -> str:
         L += ["| run | " + " | ".join(f"{t} {k}" for t, k in bench) + " |", "|" + "---|" * (1 + len(bench))]
         for n, m in models.items():
             L.append(f"| {n} | " + " | ".join(fmt(m["benchmarks"].get(t, {}).get(k), ".4f") for t, k in bench) + " |")
+        chance = [rep["chance"].get(t) if k.startswith("acc") else None for t, k in bench]
+        if any(c is not None for c in chance):
+            L += ["| *chance* | " + " | ".join(f"*{c:.4f}*" if c is not None else "" for c in chance) + " |", "",
+                  "*chance*: the accuracy of a uniform guess among each item's choices (0.25 on the cloze tasks, "
+                  "4 endings); an accuracy near it means the model does not tell the true answer apart."]
         L.append("")
     titles = {"loss.png": "Loss curves", "forgetting_curve.png": "Forgetting curve", "pareto.png": "Pareto: new vs original language"}
     if rep["plots"]:
@@ -435,7 +467,9 @@ def render_md(rep: dict) -> str:
             L += [f"![{titles[p.split('/')[-1]]}]({p})", ""]
     if rep["pareto"]:
         front = [p["model"] for p in rep["pareto"] if p["pareto"]]
-        L += [f"Pareto front ({rep['languages']['original']} vs {rep['languages']['new']} bpb): {', '.join(front)}", ""]
+        L += [f"Pareto front ({rep['languages']['original']} vs {rep['languages']['new']} bpb): {', '.join(front)}. "
+              "The front is the models no other model beats in both languages at once (lower bpb in each); "
+              "every model off it is worse than some other model in both, so it is never the one to pick.", ""]
     if rep["generations"]:
         L += generation_tables(rep)
     L += ["## Reproduce", ""]
@@ -450,7 +484,8 @@ def generation_tables(rep: dict) -> list[str]:
     names = list(gens)
     L = ["## Generations", "",
          "The 2x2 prompt table (new language / English x encyclopedia / instruction) at every stage. "
-         "rep4 = share of repeated word 4-grams (0 = no loop).", ""]
+         "rep4 = share of repeated word 4-grams (0 = no loop). (empty) = the model wrote nothing: its first "
+         "token was end-of-text (or only whitespace), common for a core that never saw an instruction.", ""]
     for mode in ("greedy", "sampled"):
         rows = {}
         for n in names:

@@ -11,6 +11,7 @@ A run directory's config.toml adds [run] (`RunInfo`: provenance, written by the 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -28,8 +29,16 @@ def choice(default: str, *options: str):
 
 def _positive(section: str, obj, *keys: str) -> None:
     for key in keys:
-        if getattr(obj, key) <= 0:
-            raise UserError(f"config key {section}.{key} must be > 0")
+        if not getattr(obj, key) > 0:
+            raise UserError(f"config key {section}.{key} must be > 0, got {getattr(obj, key)!r}")
+
+
+def _in_range(section: str, obj, key: str, low: float, high: float) -> None:
+    """low <= value < high: what torch's optimizers would otherwise reject with a traceback."""
+    v = getattr(obj, key)
+    if not low <= v < high:
+        raise UserError(f"config key {section}.{key} must be >= {low}, got {v!r}" if high == math.inf else
+                        f"config key {section}.{key} must lie in [{low}, {high}), got {v!r}")
 
 
 class Section:
@@ -97,7 +106,11 @@ class OptimConfig(Section):
     min_lr_frac: float = 0.1            # final lr as a fraction of the peak
 
     def check(self) -> None:
-        _positive("optim", self, "lr", "adam_lr")
+        _positive("optim", self, "lr", "adam_lr", "eps")
+        for key in ("beta1", "beta2", "muon_momentum"):
+            _in_range("optim", self, key, 0, 1)
+        for key in ("weight_decay", "grad_clip", "warmup_steps"):  # grad_clip 0 disables clipping
+            _in_range("optim", self, key, 0, math.inf)
         if not 0 <= self.decay_frac <= 1 or not 0 <= self.min_lr_frac <= 1:
             raise UserError("optim.decay_frac and optim.min_lr_frac must lie in [0, 1]")
 
@@ -137,6 +150,12 @@ class TrainConfig(Section):
 
     def check(self) -> None:
         _positive("train", self, "steps", "micro_batch", "grad_accum", "eval_batches", "keep_last")
+        for key in ("log_every", "eval_every", "ckpt_every"):  # every N steps: 0 would divide by zero mid-run
+            if getattr(self, key) <= 0:
+                raise UserError(f"config key train.{key} must be > 0 (steps between two of them; set it to "
+                                f"train.steps for once at the end), got {getattr(self, key)!r}")
+        for key in ("attn_logit_every", "stop_at_step"):  # 0 turns them off
+            _in_range("train", self, key, 0, math.inf)
         if self.max_consecutive_skips < 0 or not self.spike_sigma >= 0:
             raise UserError("train.max_consecutive_skips and train.spike_sigma must be >= 0 (spike_sigma=0 turns "
                             "spike logging off)")
@@ -180,7 +199,7 @@ class LoraConfig(Section):
 
     def check(self) -> None:
         for key in ("rank", "alpha", "embedding_lr_mult"):
-            if getattr(self, key) <= 0:
+            if not getattr(self, key) > 0:
                 raise UserError(f"config key lora.{key} must be > 0, got {getattr(self, key)}")
         if not 0 <= self.dropout < 1:
             raise UserError(f"config key lora.dropout must lie in [0, 1), got {self.dropout}")
@@ -195,15 +214,45 @@ class LoraConfig(Section):
 
 @dataclass
 class ReplayConfig(Section):
-    path: str = ""                      # a prepared set of the original language (same tokenizer as data.path)
+    """[replay]: original-language windows mixed into CPT. `source = "data"` reads a prepared set;
+    `source = "generated"` has the frozen base write that set itself before the first step ("dream"
+    replay: for a base whose pretraining data you do not have), into `path` (default
+    <train.out_dir>/dream). `distill` adds that weight x KL(base || model) on replay windows."""
+    path: str = ""                      # the original-language set (same tokenizer as data.path); generated: where it goes
     ratio: float = 0.0                  # share of training windows drawn from it: 0, 0.05, 0.25 ...
     val_split: str = "val"
+    source: str = choice("data", "generated")
+    tokens: int = 0                     # generated: tokens to sample (required; the error says what the run reads)
+    temperature: float = 1.0            # generated: sampling temperature
+    top_p: float = 0.95                 # generated: nucleus sampling
+    prompts: str = ""                   # generated: "" samples from the start of a document; else a UTF-8 file
+    #                                     of short prefixes, one per line, used in turn
+    batch: int = 32                     # generated: samples drawn at once
+    distill: float = 0.0                # weight of the KL to the base's next-token distribution on replay windows
+    anchor: float = 0.0                 # EWC-style pull towards the base, Fisher-weighted on the replay set (0: off)
+    fisher_windows: int = 32            # replay windows the anchor's Fisher is estimated on
 
     def check(self) -> None:
         if not 0 <= self.ratio < 1:
             raise UserError(f"config key replay.ratio must lie in [0, 1), got {self.ratio}")
-        if self.ratio > 0 and not self.path:
-            raise UserError(f"replay.ratio={self.ratio} but replay.path is empty; name the original-language set")
+        if self.ratio > 0 and not self.path and self.source == "data":
+            raise UserError(f"replay.ratio={self.ratio} but replay.path is empty; name the original-language set "
+                            "(or set replay.source=generated to have the base write one)")
+        if self.distill and self.ratio == 0:
+            raise UserError(f"replay.distill={self.distill} needs replay windows to distil on: set replay.ratio "
+                            "(e.g. 0.05) and a replay source")
+        for key in ("distill", "anchor"):
+            if not getattr(self, key) >= 0:
+                raise UserError(f"config key replay.{key} must be >= 0, got {getattr(self, key)}")
+        if self.anchor and self.source == "data" and not self.path:
+            raise UserError(f"replay.anchor={self.anchor} estimates its Fisher on a replay set: set replay.path, or "
+                            "replay.source=generated (EWC without the old data)")
+        _positive("replay", self, "fisher_windows")
+        if self.source == "generated":
+            if not 0 < self.temperature <= 10 or not 0 < self.top_p <= 1:
+                raise UserError(f"replay.temperature must lie in (0, 10] and replay.top_p in (0, 1], got "
+                                f"{self.temperature} and {self.top_p}")
+            _positive("replay", self, "batch")
 
 
 @dataclass
@@ -261,6 +310,20 @@ class StageConfig(Config):
 class CptConfig(StageConfig):
     replay: ReplayConfig = field(default_factory=ReplayConfig)
 
+    def check(self) -> None:
+        super().check()
+        rc = self.replay
+        if rc.source == "generated" and rc.tokens <= 0:
+            reads = self.replay_tokens_read()
+            raise UserError(f"replay.source=generated needs replay.tokens > 0 (got {rc.tokens}): how many tokens "
+                            f"the base should write. This run reads about {reads} replay tokens per process "
+                            f"(replay.ratio x steps x batch); e.g. replay.tokens={max(reads, 1)} repeats no window")
+
+    def replay_tokens_read(self) -> int:
+        """Replay tokens one process reads over the run (windows of seq_len + 1)."""
+        tc = self.train
+        return math.ceil(self.replay.ratio * tc.steps * tc.micro_batch * tc.grad_accum * (self.data.seq_len + 1))
+
 
 @dataclass
 class RunInfo(Section):
@@ -279,6 +342,8 @@ class RunInfo(Section):
     vocab_new_vocab: int = 0
     vocab_initialised: int = 0
     vocab_tied: bool = False
+    dream_tokens: int = 0               # generated replay: tokens the base wrote, and the seconds it took
+    dream_seconds: float = 0.0
 
 
 STAGE_CONFIGS = {"pretrain": RunConfig, "cpt": CptConfig, "sft": StageConfig}
@@ -342,18 +407,21 @@ def _coerce(section: str, key: str, value: Any, typ) -> Any:
             raise UserError(f"config key {where} must be an integer, got {value!r}")
         try:
             f = float(value)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise UserError(f"config key {where} must be an integer, got {value!r}") from None
-        if f != int(f):
+        if not math.isfinite(f) or f != int(f):
             raise UserError(f"config key {where} must be an integer, got {value!r}")
         return int(f)
     if typ is float:
         if isinstance(value, bool):
             raise UserError(f"config key {where} must be a number, got {value!r}")
         try:
-            return float(value)
-        except (TypeError, ValueError):
+            f = float(value)
+        except (TypeError, ValueError, OverflowError):
             raise UserError(f"config key {where} must be a number, got {value!r}") from None
+        if not math.isfinite(f):  # nan or inf would reach torch (or a comparison that lets nan through)
+            raise UserError(f"config key {where} must be a finite number, got {value!r}")
+        return f
     if typ is str:
         if not isinstance(value, str):
             raise UserError(f"config key {where} must be a string, got {value!r}")

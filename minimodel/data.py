@@ -17,10 +17,41 @@ import numpy as np
 import torch
 
 from minimodel.errors import UserError
-from minimodel.io import file_sha256, read_json_object
+from minimodel.io import file_sha256, read_json_object, write_bytes
 
 SHARDS_FORMAT = "minimodel-shards-v1"
 SFT_FORMAT = "minimodel-sft-v1"
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype("<u2") if vocab_size < 65536 else np.dtype("<u4")
+
+
+def write_split(out_dir: Path, split: str, tokens: np.ndarray, dtype: np.dtype,
+                shard_tokens: int = 1 << 24) -> list[dict]:
+    """`tokens` as out_dir/<split>/shard_NNNNN.bin files (each written atomically); their manifest entries."""
+    shards = []
+    for i, start in enumerate(range(0, max(len(tokens), 1), shard_tokens)):
+        chunk = tokens[start:start + shard_tokens].astype(dtype)
+        rel = f"{split}/shard_{i:05d}.bin"
+        write_bytes(out_dir / rel, chunk.tobytes())
+        shards.append({"file": rel, "tokens": int(len(chunk))})
+    return shards
+
+
+def build_manifest(tok, splits: dict, sources: list, dtype: np.dtype, command: str) -> dict:
+    """A token-shard set's manifest.json (`tok` a tokenizer.Tokenizer; `command` what made the set)."""
+    return {
+        "format": SHARDS_FORMAT,
+        "dtype": dtype.name,
+        "vocab_size": tok.vocab_size,
+        "tokenizer": {"kind": tok.kind, "file": tok.file.name, "sha256": tok.sha256,
+                      "bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id},
+        "eos_id": tok.eos_id,
+        "splits": splits,
+        "sources": sources,
+        "command": command,
+    }
 
 
 def _is_count(v) -> bool:

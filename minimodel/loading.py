@@ -135,6 +135,14 @@ def resolve(spec: str | Path, adapter: str | Path | None = None, gguf_dir: str |
     return Source(str(spec), "hf", hub_snapshot(str(spec), revision))
 
 
+def local_path_missing(spec) -> str | None:
+    """Why an org/name-shaped spec is a local path that is not there, so asking the hub (which retries
+    for half a minute offline) would only blame the hub: its parent directory exists here
+    (runs/core_104m beside an existing runs/). None when it may well be a hub id."""
+    parent = Path(str(spec)).parent
+    return f"{parent}/ exists here, so it names a local path, not a hub id" if parent.is_dir() else None
+
+
 def _resolve_dir(p: Path, spec: str, gguf_dir) -> Source:
     run_dir = p if (p / "config.toml").is_file() else None
     if (p / "final").is_dir():
@@ -192,6 +200,9 @@ def hub_snapshot(repo_id: str, revision: str | None = None, tokenizer_only: bool
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
+    if why := local_path_missing(repo_id):
+        raise UserError(f"model not found locally: {repo_id} ({why}); train or copy it there first, or name "
+                        "an existing directory")
     files = ["*.json", "tokenizer.model", "*.tiktoken", "*.txt", "*.jinja"]
     try:
         return Path(snapshot_download(repo_id, revision=revision,
@@ -316,11 +327,20 @@ def model_shape(spec: str | Path) -> ModelConfig:
     """The shape of the model `spec` names, without reading its weights (what the planner needs);
     a hub id costs its config.json only."""
     if is_hub_id(spec):
+        import os
+
         from huggingface_hub import hf_hub_download
 
+        if why := local_path_missing(spec):
+            raise UserError(f"base not found locally: {spec} ({why}); make it first (train or copy the base "
+                            "there) or point base.path at an existing directory")
         try:
             config = Path(hf_hub_download(str(spec), "config.json"))
         except Exception as e:  # noqa: BLE001  any hub failure (offline, missing, gated) is the line below
+            if os.environ.get("HF_HUB_OFFLINE") == "1":
+                raise UserError(f"base not found locally: {spec} (no such directory, and the hub is offline "
+                                "(HF_HUB_OFFLINE=1) with no cached copy): point base.path at a local directory, "
+                                "or fetch it once online") from None
             raise UserError(f"base {str(spec)!r}: cannot read its config.json from the hub ({type(e).__name__}): "
                             "point base.path at a local directory") from None
         return shape_of_hf_config(SimpleNamespace(**read_json_object(config, "download the model again")))

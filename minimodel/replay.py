@@ -5,6 +5,7 @@ with r held as an exact fraction: every prefix of the stream holds floor(k·r) r
 so the ratio is exact in every stretch (not only on average) and the stream depends only on
 the position, like TrainStream: resume is exact, also with another world size.
 Each source is visited in its own shuffled order, epoch after epoch.
+With `mark_rows` a batch also says which rows are replay windows (what distillation acts on).
 """
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from minimodel.data import TokenShards
 
 class ReplayStream:
     def __init__(self, main: TokenShards, replay: TokenShards, ratio: float, seed: int,
-                 rank: int = 0, world_size: int = 1, position: int = 0):
+                 rank: int = 0, world_size: int = 1, position: int = 0, mark_rows: bool = False):
         self.sources = (main, replay)
+        self.mark_rows = mark_rows
         self.frac = Fraction(ratio).limit_denominator(10_000)
         self.seed, self.rank, self.world_size, self.position = seed, rank, world_size, position
         self._perms: dict[tuple[int, int], np.ndarray] = {}
@@ -45,17 +47,20 @@ class ReplayStream:
             self._perms[key] = np.random.default_rng([self.seed, source, epoch]).permutation(n)
         return int(self._perms[key][index % n])
 
-    def next_batch(self, micro_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def next_batch(self, micro_batch: int) -> tuple[torch.Tensor, ...]:
+        """(inputs, targets), and with mark_rows a bool per row: drawn from the replay source."""
         globals_ = range(self.position, self.position + micro_batch * self.world_size)
-        rows = []
+        rows, from_replay = [], []
         for g in globals_:
             if g % self.world_size != self.rank:
                 continue
             source, index = self.locate(g)
             rows.append(self.sources[source].window(self._window_id(source, index)))
+            from_replay.append(source == 1)
         self.position += micro_batch * self.world_size
         arr = torch.from_numpy(np.stack(rows))
-        return arr[:, :-1].contiguous(), arr[:, 1:].contiguous()
+        x, y = arr[:, :-1].contiguous(), arr[:, 1:].contiguous()
+        return (x, y, torch.tensor(from_replay)) if self.mark_rows else (x, y)
 
     def epoch(self) -> float:
         """Epochs of the new-language set consumed."""

@@ -138,8 +138,9 @@ def run_stage(stage: Stage, cfg) -> dict:
 
 # ---------------------------------------------------------------- stages on a base (CPT, SFT)
 
-def adapter_model(cfg: StageConfig, data: StageData, stage: str) -> Built:
-    """The base (resized when the data's tokenizer extends it), wrapped in LoRA or unfrozen whole."""
+def adapter_model(cfg: StageConfig, data: StageData, stage: str, on_base: Callable | None = None) -> Built:
+    """The base (resized when the data's tokenizer extends it), wrapped in LoRA or unfrozen whole.
+    `on_base(lm)` sees the base as loaded, before any change (generated replay samples from it)."""
     from minimodel.loading import load
     from minimodel.lora import TrainableView, apply_lora, apply_unsloth_lora, full_finetune
     from minimodel.tokenizer import tokenizer_relation
@@ -148,6 +149,8 @@ def adapter_model(cfg: StageConfig, data: StageData, stage: str) -> Built:
     lm = load(cfg.base.path, trust_remote_code=cfg.base.trust_remote_code, backend=(
         "unsloth" if lc.backend == "unsloth" else "transformers"), max_seq_len=cfg.data.seq_len,
         load_in_4bit=lc.load_in_4bit)
+    if on_base is not None:
+        on_base(lm)
     base_tokenizer = lm.tokenizer
     info = {"base": cfg.base.path, "base_kind": lm.kind,
             "tokenizer": tokenizer_relation(base_tokenizer, data.tokenizer, cfg.base.path)}

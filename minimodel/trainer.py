@@ -99,6 +99,11 @@ def max_attention_logit(model: nn.Module, x: torch.Tensor, cfg: Config, device: 
     return max(a.max_logit for a in attn)
 
 
+def replay_rows(marks: list, device: torch.device) -> dict:
+    """The model's extra argument when the stream marks replay rows (a distilling CPT run)."""
+    return {"replay_rows": marks[0].to(device)} if marks else {}
+
+
 @dataclass
 class TrainState:
     step: int = 0
@@ -177,10 +182,10 @@ def train(job: Job) -> TrainState:
                                  "elapsed_s": state.elapsed_s, "world_size": dist.world_size}, tc.keep_last)
         barrier(dist)
 
-    def forward_again(x, y):
+    def forward_again(x, y, marks):
         def run():
             with autocast_ctx(dist.device, tc.dtype):
-                return model(x.to(dist.device), y.to(dist.device))
+                return model(x.to(dist.device), y.to(dist.device), **replay_rows(marks, dist.device))
         return run
 
     def evaluate_all() -> dict:
@@ -217,15 +222,15 @@ def train(job: Job) -> TrainState:
         loss_sum = torch.zeros((), device=dist.device)
         position_before, batches = stream.position, []
         for micro in range(tc.grad_accum):
-            x, y = stream.next_batch(tc.micro_batch)
-            batches.append((x, y))  # token ids only: kept so a fault can be diagnosed
+            x, y, *marks = stream.next_batch(tc.micro_batch)  # marks: replay rows, when the model distils
+            batches.append((x, y, marks))  # token ids only: kept so a fault can be diagnosed
             x, y = x.to(dist.device, non_blocking=True), y.to(dist.device, non_blocking=True)
             sync = contextlib.nullcontext()
             if dist.enabled and micro < tc.grad_accum - 1:
                 sync = net.no_sync() if isinstance(net, DDP) else getattr(net, "_orig_mod", net).no_sync()
             with sync:
                 with autocast_ctx(dist.device, tc.dtype):
-                    loss = net(x, y)
+                    loss = net(x, y, **replay_rows(marks, dist.device))
                 (loss / tc.grad_accum).backward()
             loss_sum += loss.detach()
         grads = [p.grad for p in model.parameters() if p.grad is not None]
@@ -250,7 +255,7 @@ def train(job: Job) -> TrainState:
                               f"(running mean {spike[0]:.4f}, std {spike[1]:.4f})")
                 tracker.log(state.step + 1, loss_spike=step_loss)
         else:
-            why = diagnose(model, [forward_again(x, y) for x, y in batches])
+            why = diagnose(model, [forward_again(*b) for b in batches])
             where = f" (rank {dist.rank}'s micro-batches)" if dist.enabled else ""
             message = f"step {state.step + 1}: non-finite loss or gradient: {why}{where}"
             if dist.enabled and not dist.is_main and not bool(torch.isfinite(loss_sum)):

@@ -21,6 +21,9 @@ if [ "$PRESET" = "cpu" ]; then
     [ -f "$DATA/manifest.json" ] || [ "${PLAN:-0}" = "1" ] || HF_HUB_OFFLINE=1 "$PY" -m data_prep.demo --out "$(dirname "$DATA")"
 else
     DATA="${DATA:-data/pretrain}"   # prepare it first, e.g. as recipes/pretrain_core.sh does
+    [ -f "$DATA/manifest.json" ] || [ "${PLAN:-0}" = "1" ] || {
+        echo "error: $DATA holds no prepared set (manifest.json); prepare one first (e.g. as recipes/pretrain_core.sh" \
+             "does) or set DATA" >&2; exit 2; }
 fi
 
 args=(--preset "$PRESET" --out "$OUT" "data.path=$DATA")

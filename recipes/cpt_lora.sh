@@ -42,6 +42,11 @@ case "$RECIPE" in
         HF_ARGS=(optim.lr="$lr" data.seq_len="$seq")
         RANK="${RANK:-$rank}" ;;
 esac
+if [ "$RECIPE" = core ] && [ ! -d "$BASE" ]; then  # a local run by construction: never ask the hub for it
+    echo "error: base not found locally: $BASE (the 104M core: pretrain it first with bash recipes/pretrain_core.sh," \
+         "or set BASE to a run directory)" >&2
+    exit 2
+fi
 NAME="${NAME:-cpt_${RECIPE}_ko_replay${REPLAY}_lora${LORA}${RANK:+_r$RANK}}"
 KO_RAW="$DATA_DIR/kowiki_raw.jsonl"
 # PLAN=1: memory per GPU, time and cost of this stage (frozen base, trainable adapters); runs nothing
@@ -51,11 +56,14 @@ stage "data: $KO_DOCS Korean Wikipedia articles -> $KO_RAW"
 if [ ! -f "$KO_RAW" ]; then
     "$PY" - "$KO_RAW" "$KO_DOCS" <<'PY'
 import itertools, json, sys
-from datasets import load_dataset
+from data_prep.sources import hf_records
+from minimodel.errors import cli_entry
 from minimodel.io import write_text
-rows = load_dataset("wikimedia/wikipedia", "20231101.ko", split="train", streaming=True)
-lines = (json.dumps({"id": r["id"], "text": r["text"]}, ensure_ascii=False) for r in rows)
-write_text(sys.argv[1], "\n".join(itertools.islice(lines, int(sys.argv[2]))) + "\n")
+def main():  # offline or unreachable hub: one error line (cli_entry), no file
+    rows = (r for _, r in hf_records("wikimedia/wikipedia", "20231101.ko"))
+    lines = (json.dumps({"id": r["id"], "text": r["text"]}, ensure_ascii=False) for r in rows)
+    write_text(sys.argv[1], "\n".join(itertools.islice(lines, int(sys.argv[2]))) + "\n")
+cli_entry(main)()
 PY
 fi
 

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Pretrain the 104M cognitive core (QK-norm + Muon) on FineWeb-Edu: one 24 GB GPU by default,
 # the same script on 8 GPUs or on several nodes (the global batch stays 512 x 1024 tokens).
+# Global batch = sequences per optimizer step = MICRO_BATCH x grad_accum x GPUs (micro_batch and
+# grad_accum are per GPU, as the trainer reads them); the recipe derives grad_accum from GLOBAL_BATCH
+# so it is the same on any number of GPUs. PLAN=1 NPROC=8 plans exactly what
+# `python -m scripts.plan CONFIG --n 8 --global-batch 512` does.
 #   PLAN=1 bash recipes/pretrain_core.sh                 # memory, time and cost first; runs nothing
 #   PLAN=1 GPU=h100 NPROC=8 bash recipes/pretrain_core.sh
 #   bash recipes/pretrain_core.sh                        # every visible GPU of this machine
@@ -20,7 +24,7 @@ MAX_DOCS="${MAX_DOCS:-1000000}"   # ~1.3B tokens of FineWeb-Edu at vocab 6400; a
 VOCAB_SIZE="${VOCAB_SIZE:-6400}"  # MiniMind2's vocabulary size
 VAL_FRACTION="${VAL_FRACTION:-0.005}"
 MICRO_BATCH="${MICRO_BATCH:-16}"  # sequences per GPU per micro-step: fits 24 GB at seq 1024 (PLAN=1 checks)
-GLOBAL_BATCH="${GLOBAL_BATCH:-512}"  # sequences per optimizer step, whatever the number of GPUs
+GLOBAL_BATCH="${GLOBAL_BATCH:-512}"  # sequences per optimizer step over all GPUs, whatever their number
 
 if (( GLOBAL_BATCH % (MICRO_BATCH * WORLD) )); then
     echo "error: GLOBAL_BATCH=$GLOBAL_BATCH is not a multiple of MICRO_BATCH=$MICRO_BATCH x $WORLD GPUs;" \
@@ -42,6 +46,7 @@ RUN_DIR="$OUT/$NAME"
 OVERRIDES=(data.path="$DATA" train.out_dir="$RUN_DIR" model.vocab_size="$VOCAB_SIZE"
            train.micro_batch="$MICRO_BATCH" train.grad_accum="$GRAD_ACCUM" "${TRACKING[@]}" "$@")
 
+PLAN_ARGS="--global-batch $GLOBAL_BATCH $PLAN_ARGS"   # the planner derives the same grad_accum
 maybe_plan "$CONFIG" "${OVERRIDES[@]}"   # PLAN=1 stops here: no download, no data, no run
 
 stage "data: $CORPUS -> $DATA (tokenizer $VOCAB_SIZE, up to $MAX_DOCS documents)"

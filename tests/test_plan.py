@@ -26,7 +26,7 @@ FIXTURE = ROOT / "tests" / "fixtures" / "english_web.jsonl"
 
 def small(**extra):
     base = {"model.preset": "tiny", "model.vocab_size": 512, "data.seq_len": 64, "train.steps": 7,
-            "train.micro_batch": 3, "train.grad_accum": 5, "train.eval_every": 0}
+            "train.micro_batch": 3, "train.grad_accum": 5, "train.eval_every": 1000}
     base.update(extra)
     return load_config(None, [f"{k}={v}" for k, v in base.items()])
 
@@ -226,3 +226,26 @@ def test_recipe_runs_its_stages_on_a_local_corpus_under_torchrun(tmp_path):
     assert last["step"] == 4 and last["tokens"] == 4 * 2 * 64 * 2 * 2  # steps x micro x seq x accum x ranks
     assert any("val_bpb" in m for m in metrics)
     assert (run / "final" / "model.safetensors").is_file() and (run / "final" / "config.json").is_file()
+
+
+def test_one_meaning_of_the_global_batch(tmp_path, capsys):
+    """micro_batch x grad_accum is per GPU everywhere: `--n 8` plans what torchrun runs (8x the
+    one-GPU batch, and says so); `--n 8 --global-batch 512` plans what the recipe runs on 8 GPUs."""
+    one, eight = plan.main([str(CORE), "--n", "1"]), plan.main([str(CORE), "--n", "8"])
+    assert one["global_batch"] == 512 and eight["global_batch"] == 8 * 512
+    assert eight["tokens_per_step"] == 8 * one["tokens_per_step"]
+    table = capsys.readouterr().out
+    assert "= 4,096 seqs" in table and "add --global-batch 512" in table
+    kept = plan.main([str(CORE), "--n", "8", "--global-batch", "512"])
+    assert (kept["global_batch"], kept["grad_accum"], kept["tokens_per_step"]) == (512, 4, one["tokens_per_step"])
+    r = subprocess.run(["bash", "recipes/pretrain_core.sh"], cwd=ROOT, capture_output=True, text=True,
+                       env=recipe_env(tmp_path, PLAN="1", NPROC="8", PLAN_ARGS="--json"), timeout=120)
+    assert r.returncode == 0, r.stderr
+    recipe = json.loads(r.stdout)
+    same = ("global_batch", "grad_accum", "tokens_per_step", "total_tokens", "hours", "memory_per_gpu_gib")
+    assert {k: recipe[k] for k in same} == {k: kept[k] for k in same}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        plan.main([str(CORE), "--n", "3", "--global-batch", "512"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.startswith("error: --global-batch 512 is not a positive multiple")

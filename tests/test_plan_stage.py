@@ -84,3 +84,28 @@ def test_plan_recipes_touch_nothing(tiny_run, tmp_path):
     plan = json.loads(r.stdout.strip().splitlines()[-1])
     assert plan["runs"] == 4 * (5 + 1) and plan["fits"]
     assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_base_that_is_not_there_is_named_at_once(tmp_path, monkeypatch):
+    """A local path that does not exist yet, or a hub id with the hub offline: 'base not found
+    locally', without asking the hub (the no_network fixture would turn any attempt into another error)."""
+    from minimodel.loading import resolve
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=r"^base not found locally: runs/core_104m \(runs/ exists here"):
+        base_model_config("runs/core_104m")
+    with pytest.raises(UserError, match=r"^model not found locally: runs/core_104m"):
+        resolve("runs/core_104m")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match=r"^base not found locally: someone/some-model \(no such directory, and the "
+                                        r"hub is offline"):
+        base_model_config("someone/some-model")
+    env = {**os.environ, "PLAN": "1", "PY": sys.executable, "PYTHONPATH": str(ROOT), "OUT": str(tmp_path / "out")}
+    env.pop("HF_HUB_OFFLINE")
+    for recipe, extra, named in (("cpt_lora.sh", {}, tmp_path / "out" / "core_104m"),
+                                 ("sft.sh", {"BASE": "runs/cpt_x"}, "runs/cpt_x")):
+        r = subprocess.run(["bash", str(ROOT / "recipes" / recipe)], env={**env, **extra}, cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and r.stderr.startswith(f"error: base not found locally: {named} ("), r.stderr

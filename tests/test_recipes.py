@@ -27,3 +27,4 @@ def test_config_loads(config):
     cls = CptConfig if config.name.startswith("cpt_") else StageConfig if config.name.startswith("sft_") else RunConfig
     cfg = load_config(config, [], cls=cls)
     assert cfg.train.steps > 0 and cfg.data.seq_len > 0
+    assert not cfg.train.out_dir.startswith("runs/quickstart")  # the quick start's results stay its own

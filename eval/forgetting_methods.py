@@ -1,0 +1,165 @@
+"""The forgetting-methods comparison: CPT arms that differ only in how they fight forgetting (no replay,
+real replay, generated replay, generated replay + distillation, at 5% and 25%), each run with several
+seeds at the same new-language token budget, against their common base, on content-matched held-out
+text in both languages.
+
+    python -m eval.forgetting_methods runs/forgetting_methods
+
+Reads OUT/base_bpb.json (eval.bpb of the base) and OUT/arms/<arm>_s<seed>/ (a CPT run directory with
+eval/bpb.json; its config.toml says source, ratio, distill and seed), plus OUT/timing.jsonl (the wall
+time of each run, written by recipes/forgetting_methods.sh). Writes OUT/summary.json, OUT/methods.md
+(the table) and OUT/methods.png (English change against Korean bits per byte, one point per arm),
+OUT/report.md (both). The summary's `targets` block checks the issue's three targets.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+from minimodel.config import read_run_config
+from minimodel.errors import UserError, cli_entry
+from minimodel.io import read_json_object, read_jsonl_objects, write_json, write_text
+
+
+def bpb_by_language(bpb_json: Path) -> dict[str, float]:
+    """{"en": ..., "ko": ...} from an eval.bpb result (sets are named by language first)."""
+    r = read_json_object(bpb_json, "run python -m eval.bpb again")
+    sets = r.get("sets") if isinstance(r.get("sets"), dict) else r
+    out = {}
+    for name, v in sets.items():
+        value = v.get("bpb") if isinstance(v, dict) else v
+        if isinstance(value, (int, float)):
+            out.setdefault(name.split("_")[0], float(value))
+    return out
+
+
+def arm_of(cfg) -> str:
+    rc = cfg.replay
+    if rc.ratio == 0:
+        return "none"
+    name = f"{'generated' if rc.source == 'generated' else 'data'} {rc.ratio:.0%}"
+    return name + (f" + distill {rc.distill:g}" if rc.distill else "")
+
+
+def collect(out: Path) -> dict:
+    base_file = out / "base_bpb.json"
+    if not base_file.is_file():
+        raise UserError(f"{base_file} is missing: run python -m eval.bpb BASE --out {base_file} first "
+                        "(recipes/forgetting_methods.sh does)")
+    base = bpb_by_language(base_file)
+    walls = {r["run"]: r["wall_s"] for _, r in read_jsonl_objects(out / "timing.jsonl", "written by recipes/forgetting_methods.sh")} \
+        if (out / "timing.jsonl").is_file() else {}
+    runs = sorted(p for p in (out / "arms").glob("*") if (p / "eval" / "bpb.json").is_file())
+    if not runs:
+        raise UserError(f"no evaluated arm under {out / 'arms'}: run recipes/forgetting_methods.sh")
+    arms: dict[str, dict] = {}
+    for run in runs:
+        record = read_run_config(run)
+        cfg = record.config
+        bpb = bpb_by_language(run / "eval" / "bpb.json")
+        a = arms.setdefault(arm_of(cfg), {
+            "source": "none" if cfg.replay.ratio == 0 else cfg.replay.source, "ratio": cfg.replay.ratio,
+            "distill": cfg.replay.distill, "seeds": [], "en_bpb_by_seed": [], "ko_bpb_by_seed": [],
+            "dream_seconds_by_seed": [], "wall_s_by_seed": []})
+        a["seeds"].append(cfg.train.seed)
+        a["en_bpb_by_seed"].append(bpb["en"])
+        a["ko_bpb_by_seed"].append(bpb["ko"])
+        a["dream_seconds_by_seed"].append(record.run.dream_seconds)
+        a["wall_s_by_seed"].append(walls.get(run.name))
+    for a in arms.values():
+        for lang in ("en", "ko"):
+            values = a[f"{lang}_bpb_by_seed"]
+            a[f"{lang}_bpb"] = statistics.fmean(values)
+            a[f"{lang}_relative"] = a[f"{lang}_bpb"] / base[lang] - 1
+            a[f"{lang}_spread"] = (max(values) - min(values)) / 2  # half the range over seeds
+        walls_known = [w for w in a["wall_s_by_seed"] if w]
+        a["generation_share"] = (statistics.fmean(a["dream_seconds_by_seed"]) / statistics.fmean(walls_known)
+                                 if a["source"] == "generated" and walls_known else None)
+    return {"base": {"en_bpb": base["en"], "ko_bpb": base["ko"]}, "arms": arms, "targets": targets(arms)}
+
+
+def targets(arms: dict) -> dict:
+    """The issue's targets, as measured (None where an arm is missing)."""
+    def get(name):
+        return arms.get(name)
+
+    out = {}
+    data5, gen5, dist5 = get("data 5%"), get("generated 5%"), next(
+        (a for n, a in arms.items() if n.startswith("generated 5% + distill")), None)
+    if data5 and gen5:
+        gap = (gen5["en_relative"] - data5["en_relative"]) * 100
+        ko = gen5["ko_bpb"] / data5["ko_bpb"] - 1
+        out["generated_vs_real_en_gap_pp"] = {"value": gap, "target": "<= 1.5", "met": gap <= 1.5}
+        out["generated_vs_real_ko_bpb"] = {"value": ko, "target": "|x| <= 2%", "met": abs(ko) <= 0.02}
+    if gen5 and dist5:
+        gain = (gen5["en_relative"] - dist5["en_relative"]) * 100
+        out["distill_en_gain_pp"] = {"value": gain, "target": "> 0", "met": gain > 0}
+    shares = [a["generation_share"] for a in arms.values() if a["generation_share"] is not None]
+    if shares:
+        out["generation_share_of_wall_time"] = {"value": max(shares), "target": "< 10%", "met": max(shares) < 0.10}
+    return out
+
+
+def table(summary: dict) -> str:
+    b = summary["base"]
+    lines = [f"Base: English {b['en_bpb']:.4f} bpb, Korean {b['ko_bpb']:.4f} bpb (content-matched held-out "
+             "text). Each arm: the mean over seeds, +- half the range; change relative to the base.", "",
+             "| arm | source | ratio | distill | seeds | English bpb | English change | Korean bpb | Korean change |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, a in sorted(summary["arms"].items(), key=lambda kv: (kv[1]["ratio"], kv[1]["source"],
+                                                                    kv[1]["distill"])):
+        lines.append(f"| {name} | {a['source']} | {a['ratio']:.2f} | {a['distill']:g} | {len(a['seeds'])} | "
+                     f"{a['en_bpb']:.4f} +- {a['en_spread']:.4f} | {a['en_relative']:+.1%} | "
+                     f"{a['ko_bpb']:.4f} +- {a['ko_spread']:.4f} | {a['ko_relative']:+.1%} |")
+    if summary["targets"]:
+        lines += ["", "| target | measured | aim | met |", "|---|---:|---|---|"]
+        for k, t in summary["targets"].items():
+            value = f"{t['value']:.1%}" if "share" in k or k.endswith("ko_bpb") else f"{t['value']:+.2f}"
+            lines.append(f"| {k} | {value} | {t['target']} | {'yes' if t['met'] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, a in summary["arms"].items():
+        marker = {"none": "x", "data": "o", "generated": "s"}[a["source"]]
+        ax.errorbar(a["ko_bpb"], a["en_relative"] * 100, xerr=a["ko_spread"],
+                    yerr=a["en_spread"] / summary["base"]["en_bpb"] * 100, fmt=marker, capsize=3, label=name)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("Korean held-out bits per byte (lower: learned more)")
+    ax.set_ylabel("English bpb change vs the base, % (lower: forgot less)")
+    ax.set_title("Forgetting methods at the same Korean token budget")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+@cli_entry
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(prog="python -m eval.forgetting_methods", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out", help="the comparison's directory (OUT of recipes/forgetting_methods.sh)")
+    a = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    out = Path(a.out)
+    summary = collect(out)
+    write_json(out / "summary.json", summary)
+    md = table(summary)
+    write_text(out / "methods.md", md)
+    plot(summary, out / "methods.png")
+    write_text(out / "report.md", "# Forgetting methods\n\n" + md + "\n![English change vs Korean bpb](methods.png)\n")
+    print(md)
+    return summary
+
+
+if __name__ == "__main__":
+    main()
