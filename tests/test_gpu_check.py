@@ -51,6 +51,7 @@ def test_cpu_dry_run_with_only_the_gpu_machines_packages(tmp_path):
     assert "bitsandbytes" in [x for x in by["lora_7b"] if "skipped" in x][0]["skipped"]
     pre = by["pretrain_300"][0]
     assert pre["last_loss"] < pre["first_loss"] and pre["val_loss_end"] < pre["val_loss_start"] and pre["exported"]
+    assert [x["batch"] for x in by["dream_replay"]] == [4, 16] and all(x["tok_s"] > 0 for x in by["dream_replay"])
     assert recs[-1]["section"] == "summary" and set(recs[-1]["outcomes"].values()) <= {"ok", "skipped"}
     text, original = doc.read_text(), (ROOT / "docs" / "benchmarks.md").read_text()
     assert text.split(BEGIN)[0] == original.split(BEGIN)[0] and text.split(END)[1] == original.split(END)[1]
