@@ -224,10 +224,10 @@ class ReplayConfig(Section):
     source: str = choice("data", "generated")
     tokens: int = 0                     # generated: tokens to sample (required; the error says what the run reads)
     temperature: float = 1.0            # generated: sampling temperature
-    top_p: float = 0.95                 # generated: nucleus sampling
+    top_p: float = 1.0                  # generated: nucleus sampling (1.0: the base's own distribution, unbiased)
     prompts: str = ""                   # generated: "" samples from the start of a document; else a UTF-8 file
     #                                     of short prefixes, one per line, used in turn
-    batch: int = 32                     # generated: samples drawn at once
+    batch: int = 64                     # generated: samples drawn at once
     distill: float = 0.0                # weight of the KL to the base's next-token distribution on replay windows
     anchor: float = 0.0                 # EWC-style pull towards the base, Fisher-weighted on the replay set (0: off)
     fisher_windows: int = 32            # replay windows the anchor's Fisher is estimated on

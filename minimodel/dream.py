@@ -39,9 +39,9 @@ class DreamSettings:
     seq_len: int
     seed: int
     temperature: float = 1.0
-    top_p: float = 0.95
+    top_p: float = 1.0
     prompts: str = ""          # a UTF-8 file of prefixes, one per line ("" = from the document start)
-    batch: int = 32
+    batch: int = 64
 
     def record(self) -> dict:
         out = asdict(self)
@@ -135,7 +135,9 @@ def sample_documents(lm, settings: DreamSettings, progress: bool = False) -> lis
     lm.eval()
     try:
         while total < settings.tokens:
-            rows = _prompt_rows(tok, lm.prefix_id, prompts, settings.batch, len(docs))
+            # the last batch only as large as the tokens still missing need (at one full sample per row)
+            n = min(settings.batch, -(-(settings.tokens - total) // room))
+            rows = _prompt_rows(tok, lm.prefix_id, prompts, n, len(docs))
             by_length: dict[int, list[int]] = {}  # no padding: one generate call per prompt length
             for i, r in enumerate(rows):
                 by_length.setdefault(len(r), []).append(i)
@@ -204,9 +206,9 @@ def parse_args(argv):
     ap.add_argument("--tokens", type=int, required=True, help="tokens to sample")
     ap.add_argument("--seq-len", type=int, default=256, help="longest sample, in tokens (the CPT data.seq_len)")
     ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("--top-p", type=float, default=0.95)
+    ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--prompts", default="", help="a UTF-8 file of prefixes, one per line")
-    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tokenizer", help="the tokenizer file the set declares (default: the base's)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")

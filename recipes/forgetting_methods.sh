@@ -77,7 +77,7 @@ for seed in "${SEEDS[@]}"; do
         if [ "$source" = data ] && [ "$ratio" != 0 ]; then
             replay+=("replay.path=$EN")  # logged as val_bpb_en while the run goes
         else  # English held-out logged while the run goes; the model never trains on it
-            replay+=("eval.sets=[\"$EN\"]")
+            replay+=("replay.path=" "eval.sets=[\"$EN\"]")
         fi
         if [ "$source" = generated ]; then  # one dreamed set per ratio and seed, with and without distillation
             tokens=$("$PY" -c "

@@ -297,7 +297,7 @@ def dream_replay(ck) -> None:
         sync(ck.device)
         t0 = time.perf_counter()
         with autocast(ck.device):
-            out = generate(model, prompt, seq - 1, temperature=1.0, top_p=0.95, generator=gen)
+            out = generate(model, prompt, seq - 1, temperature=1.0, generator=gen)
         sync(ck.device)
         seconds = time.perf_counter() - t0
         new = (out.shape[1] - 1) * batch

@@ -85,3 +85,14 @@ def test_generation_stops_at_eos():
     first = generate(m, prompt, 1, temperature=0)[0, -1].item()
     out = generate(m, prompt, 20, temperature=0, eos_id=first)
     assert out.shape[1] == 5 and out[0, -1].item() == first
+
+
+def test_inverse_transform_sampling_follows_the_distribution_and_skips_zero_mass():
+    from minimodel.generate import sample
+
+    probs = torch.tensor([[0.0, 0.7, 0.0, 0.3]]).repeat(20000, 1)
+    ids = sample(probs, torch.Generator().manual_seed(0))
+    counts = torch.bincount(ids, minlength=4).float() / len(ids)
+    assert counts[0] == counts[2] == 0  # filtered tokens never come out
+    assert abs(counts[1].item() - 0.7) < 0.015 and abs(counts[3].item() - 0.3) < 0.015
+    assert torch.equal(ids, sample(probs, torch.Generator().manual_seed(0)))  # seeded
