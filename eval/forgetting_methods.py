@@ -96,9 +96,9 @@ def targets(arms: dict) -> dict:
     if gen5 and dist5:
         gain = (gen5["en_relative"] - dist5["en_relative"]) * 100
         out["distill_en_gain_pp"] = {"value": gain, "target": "> 0", "met": gain > 0}
-    shares = [a["generation_share"] for a in arms.values() if a["generation_share"] is not None]
-    if shares:
-        out["generation_share_of_wall_time"] = {"value": max(shares), "target": "< 10%", "met": max(shares) < 0.10}
+    if gen5 and gen5["generation_share"] is not None:  # the demo's replay ratio; 25% samples 5x the tokens
+        share = gen5["generation_share"]
+        out["generation_share_of_wall_time_5pct"] = {"value": share, "target": "< 10%", "met": share < 0.10}
     return out
 
 
@@ -133,6 +133,8 @@ def plot(summary: dict, path: Path) -> None:
         ax.errorbar(a["ko_bpb"], a["en_relative"] * 100, xerr=a["ko_spread"],
                     yerr=a["en_spread"] / summary["base"]["en_bpb"] * 100, fmt=marker, capsize=3, label=name)
     ax.axhline(0, color="grey", lw=0.8)
+    ax.set_yscale("symlog", linthresh=2)  # replay arms sit within a few percent, no replay tens of percent above
+    ax.set_ylim(bottom=min([0.0] + [a["en_relative"] * 100 for a in summary["arms"].values()]) - 0.5)
     ax.set_xlabel("Korean held-out bits per byte (lower: learned more)")
     ax.set_ylabel("English bpb change vs the base, % (lower: forgot less)")
     ax.set_title("Forgetting methods at the same Korean token budget")

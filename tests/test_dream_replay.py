@@ -282,7 +282,7 @@ progress = false
     assert max(steps) == 11  # 10 / (1 - 0.05): the same Korean token budget as the no-replay arm's 10 steps
     # the 5% arms with and without distillation shared one dreamed set per seed
     assert sorted(p.name for p in (out / "dream").iterdir()) == ["ratio0.05_s0", "ratio0.05_s1"]
-    assert {"generated_vs_real_en_gap_pp", "distill_en_gain_pp", "generation_share_of_wall_time"} <= set(
+    assert {"generated_vs_real_en_gap_pp", "distill_en_gain_pp", "generation_share_of_wall_time_5pct"} <= set(
         summary["targets"])
     md = (out / "report.md").read_text()
     assert "| generated 5% + distill 1 | generated | 0.05 | 1 | 2 |" in md and "methods.png" in md
