@@ -71,8 +71,9 @@ class ModelSection(Section):
                      if f.name != "preset" and getattr(self, f.name) is not None}
         try:
             return model_config_from(self.preset, **overrides)
-        except (ValueError, TypeError, ZeroDivisionError) as e:
-            raise UserError(f"[model] {e}") from None
+        except (ValueError, TypeError, ZeroDivisionError) as e:  # derived sizes too: name what was set
+            given = ", ".join(f"model.{k}={v}" for k, v in overrides.items())
+            raise UserError(f"[model] {e}" + (f" (given {given})" if given else "")) from None
 
     def check(self) -> None:
         if self.preset is not None and self.preset not in PRESETS:

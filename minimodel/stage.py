@@ -27,7 +27,7 @@ from minimodel.errors import UserError, cli_entry
 from minimodel.io import atomic_dir, write_text
 from minimodel.optim import build_optimizers
 from minimodel.rundir import check_same_run, command_line, device_description, git_commit
-from minimodel.stopping import StopSignals, exit_status
+from minimodel.stopping import StopSignals, exit_status, ignore_while_exiting
 from minimodel.tracking import Tracker
 from minimodel.trainer import Job, preflight, train
 
@@ -61,7 +61,11 @@ def stage_entry(stage: Stage, config_class, doc: str, configs: str, example: str
     def main(argv=None) -> dict:
         args = parse_stage_args(sys.argv[1:] if argv is None else argv, f"python -m minimodel.{stage.name}", doc,
                                 configs, example)
-        return run(load_config(args.config, args.overrides, cls=config_class))
+        try:
+            return run(load_config(args.config, args.overrides, cls=config_class))
+        except SystemExit as stopped:
+            ignore_while_exiting(stopped.code)
+            raise
 
     return run, main
 

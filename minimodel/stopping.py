@@ -59,3 +59,12 @@ class StopSignals:
 def exit_status(sig: signal.Signals) -> int:
     """The shell's convention for a process ended by a signal: 143 for SIGTERM, 130 for SIGINT."""
     return 128 + int(sig)
+
+
+def ignore_while_exiting(status) -> None:
+    """A command line that stopped cleanly (exit 143/130) ignores further SIGTERM/SIGINT while the
+    interpreter shuts down: Python puts its own handlers back to the default there, and a scheduler's
+    second SIGTERM would otherwise turn the clean 143 into a death by signal."""
+    if status in {exit_status(sig) for sig in HANDLED} and threading.current_thread() is threading.main_thread():
+        for sig in HANDLED:
+            signal.signal(sig, signal.SIG_IGN)

@@ -116,7 +116,7 @@ def test_tables_render_every_run_in_place(tmp_path):
     out = tmp_path / "gpu"
     out.mkdir()
     render(out, doc)
-    assert doc.read_text().count(NONE_YET) == 8 and "old text" not in doc.read_text()
+    assert doc.read_text().count(NONE_YET) == 9 and "old text" not in doc.read_text()
     fake_run(out / "2026-12-01-nvidia-h100.jsonl", "2026-12-01T10:00:00Z")
     fake_run(out / "2026-12-02-nvidia-h200.jsonl", "2026-12-02T09:30:00Z", gpu="NVIDIA H200")
     render(out, doc)

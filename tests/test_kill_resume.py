@@ -284,7 +284,8 @@ def check_stop(run_dir: Path, err: str, rc: int, sig: signal.Signals, done: int,
     assert rc == 128 + sig, f"{why}: exit status {rc}\n{err[-3000:]}"
     step = stopped_at(err, sig.name)
     assert step >= done, f"{why}: stopped at step {step}, before the steps already done"
-    assert f"{sig.name} again: still saving the checkpoint" in err, why  # the second signal was ignored
+    # the second signal was ignored (the exit status says so): it lands during the save (and says so) or,
+    # on a fast machine, after it, while the process exits; test_run_dir_safety checks the message itself
     from minimodel.checkpoint import verify_checkpoint
 
     assert verify_checkpoint(run_dir / "checkpoints" / f"step_{step}")["step"] == step, why
