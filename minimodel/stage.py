@@ -27,7 +27,7 @@ from minimodel.errors import UserError, cli_entry
 from minimodel.io import atomic_dir, write_text
 from minimodel.optim import build_optimizers
 from minimodel.rundir import check_same_run, command_line, device_description, git_commit
-from minimodel.stopping import StopSignals, exit_status, ignore_while_exiting
+from minimodel.stopping import StopSignals, exit_status
 from minimodel.tracking import Tracker
 from minimodel.trainer import Job, preflight, train
 
@@ -61,11 +61,7 @@ def stage_entry(stage: Stage, config_class, doc: str, configs: str, example: str
     def main(argv=None) -> dict:
         args = parse_stage_args(sys.argv[1:] if argv is None else argv, f"python -m minimodel.{stage.name}", doc,
                                 configs, example)
-        try:
-            return run(load_config(args.config, args.overrides, cls=config_class))
-        except SystemExit as stopped:
-            ignore_while_exiting(stopped.code)
-            raise
+        return run_stage(stage, load_config(args.config, args.overrides, cls=config_class), exits_after=True)
 
     return run, main
 
@@ -81,9 +77,10 @@ def parse_stage_args(argv, prog: str, doc: str, configs: str, example: str):
 
 
 
-def run_stage(stage: Stage, cfg) -> dict:
+def run_stage(stage: Stage, cfg, exits_after: bool = False) -> dict:
     """Build, train (resuming from the last good checkpoint) and export. A SIGTERM/SIGINT during
-    training saves a checkpoint at the step it finishes and exits 143/130 (SystemExit)."""
+    training saves a checkpoint at the step it finishes and exits 143/130 (SystemExit). `exits_after`:
+    the process ends when this returns (a command line), so a clean stop ignores further signals."""
     dist = init_distributed(cfg.train.device)
     lock = None
     try:
@@ -110,7 +107,7 @@ def run_stage(stage: Stage, cfg) -> dict:
         if dist.is_main:
             tracker.write(f"{built.summary}, world size {dist.world_size}, device {dist.device.type}")
         need = run_bytes_needed(built.trained, n_optim_states=2)
-        with StopSignals() as stop, stop_when_full(run_dir, need, "metrics.jsonl"):  # the checkpoints: trainer.py
+        with StopSignals(ignore_on_exit=exits_after) as stop, stop_when_full(run_dir, need, "metrics.jsonl"):  # the checkpoints: trainer.py
             try:
                 state = train(Job(model, optimizers, cfg, dist, run_dir, data, tracker,
                                   token_byte_lengths(data.tokenizer, vocab), built.trained, built.max_start_loss,

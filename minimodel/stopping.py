@@ -17,10 +17,14 @@ HANDLED = (signal.SIGTERM, signal.SIGINT)
 class StopSignals:
     """While installed (`with StopSignals() as stop:`), counts SIGTERM/SIGINT instead of dying."""
 
-    def __init__(self):
+    def __init__(self, ignore_on_exit: bool = False):
         self.received: signal.Signals | None = None  # the first signal, once one came
         self.count = 0
         self._previous: dict = {}
+        # a command line that stops cleanly (SystemExit 143/130) ignores SIGTERM/SIGINT from then on:
+        # Python resets its handlers to the default while it shuts down, and torchrun's SIGTERM to the
+        # ranks still exiting, or a scheduler's second one, would turn the clean stop into a death by signal
+        self.ignore_on_exit = ignore_on_exit
 
     def __enter__(self) -> "StopSignals":
         if threading.current_thread() is threading.main_thread():  # Python delivers signals there only
@@ -28,9 +32,10 @@ class StopSignals:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
+        stopped = exc_type is SystemExit and exc.code in {exit_status(sig) for sig in HANDLED}
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_IGN if stopped and self.ignore_on_exit else handler)
         self._previous.clear()
 
     def _handle(self, signum: int, frame) -> None:
@@ -60,11 +65,3 @@ def exit_status(sig: signal.Signals) -> int:
     """The shell's convention for a process ended by a signal: 143 for SIGTERM, 130 for SIGINT."""
     return 128 + int(sig)
 
-
-def ignore_while_exiting(status) -> None:
-    """A command line that stopped cleanly (exit 143/130) ignores further SIGTERM/SIGINT while the
-    interpreter shuts down: Python puts its own handlers back to the default there, and a scheduler's
-    second SIGTERM would otherwise turn the clean 143 into a death by signal."""
-    if status in {exit_status(sig) for sig in HANDLED} and threading.current_thread() is threading.main_thread():
-        for sig in HANDLED:
-            signal.signal(sig, signal.SIG_IGN)

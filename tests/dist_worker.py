@@ -11,7 +11,8 @@ from safetensors.torch import save_file
 
 from minimodel.config import load_config
 from minimodel.io import write_text
-from minimodel.pretrain import run
+from minimodel.pretrain import Pretrain
+from minimodel.stage import run_stage
 
 def inject_fault(at_forward: int):
     """inf out of model.layers.1.mlp from the given training forward until the next one, so the
@@ -47,6 +48,6 @@ if __name__ == "__main__":
     fault = os.environ.get("MINIMODEL_TEST_FAULT")
     if fault and int(fault.split(":")[0]) == rank:
         inject_fault(int(fault.split(":")[1]))
-    result = run(load_config(None, sys.argv[2:]))
+    result = run_stage(Pretrain(), load_config(None, sys.argv[2:]), exits_after=True)  # as the stage's CLI runs it
     save_file({k: v.contiguous() for k, v in result["model"].state_dict().items() if k != "lm_head.weight"},
               f"{out}/rank{rank}.safetensors")
