@@ -18,20 +18,19 @@ import statistics
 import sys
 from pathlib import Path
 
+from eval.forgetting import bpb_change, language_of
 from minimodel.config import read_run_config
 from minimodel.errors import UserError, cli_entry
 from minimodel.io import read_json_object, read_jsonl_objects, write_json, write_text
 
 
 def bpb_by_language(bpb_json: Path) -> dict[str, float]:
-    """{"en": ..., "ko": ...} from an eval.bpb result (sets are named by language first)."""
-    r = read_json_object(bpb_json, "run python -m eval.bpb again")
-    sets = r.get("sets") if isinstance(r.get("sets"), dict) else r
+    """{"en": ..., "ko": ...} from an eval.bpb result: per language its held-out set (<lang>_heldout),
+    else its first set by name."""
+    sets = read_json_object(bpb_json, "run python -m eval.bpb again").get("sets", {})
     out = {}
-    for name, v in sets.items():
-        value = v.get("bpb") if isinstance(v, dict) else v
-        if isinstance(value, (int, float)):
-            out.setdefault(name.split("_")[0], float(value))
+    for name in sorted(sets, key=lambda n: (not n.endswith("_heldout"), n)):
+        out.setdefault(language_of(name), float(sets[name]["bpb"]))
     return out
 
 
@@ -72,7 +71,7 @@ def collect(out: Path) -> dict:
         for lang in ("en", "ko"):
             values = a[f"{lang}_bpb_by_seed"]
             a[f"{lang}_bpb"] = statistics.fmean(values)
-            a[f"{lang}_relative"] = a[f"{lang}_bpb"] / base[lang] - 1
+            a[f"{lang}_relative"] = bpb_change(base[lang], a[f"{lang}_bpb"])["relative"]
             a[f"{lang}_spread"] = (max(values) - min(values)) / 2  # half the range over seeds
         walls_known = [w for w in a["wall_s_by_seed"] if w]
         a["generation_share"] = (statistics.fmean(a["dream_seconds_by_seed"]) / statistics.fmean(walls_known)
