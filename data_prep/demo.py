@@ -33,8 +33,8 @@ from data_prep.splits import heldout_units, split_docs
 from data_prep.tok_report import tokenizer_report
 from data_prep.tokenizer import train_tokenizer, weighted_texts
 from data_prep.vocab_ext import extend_tokenizer
-from minimodel.errors import UserError, cli_entry
-from minimodel.io import write_json
+from minimodel.common.errors import UserError, cli_entry
+from minimodel.common.io import write_json
 
 
 def _hash_texts(*parts) -> str:

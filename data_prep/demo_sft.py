@@ -18,7 +18,7 @@ from pathlib import Path
 
 from data_prep import offline
 from data_prep.sft import prepare_sft
-from minimodel.errors import UserError, cli_entry
+from minimodel.common.errors import UserError, cli_entry
 
 TASKS = (  # (instruction language, template, source language, answer language, answer is next verse)
     ("ko", "다음 영어 문장을 한국어로 옮기세요.\n{text}", "en", "ko", False),

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from data_prep.shards import check_prepared, prepare_from_docs, read_tokens
-from minimodel.errors import UserError, cli_entry
-from minimodel.tokenizer import EOS_ID, open_tokenizer
+from minimodel.common.errors import UserError, cli_entry
+from minimodel.tokenizers.chat import EOS_ID
+from minimodel.tokenizers.tokenizer import open_tokenizer
 
 
 def split_at_eos(tokens: np.ndarray, eos_id: int = EOS_ID) -> list[np.ndarray]:

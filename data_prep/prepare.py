@@ -19,7 +19,7 @@ from data_prep.sources import TXT_UNITS, Doc, read_files, read_hf, take
 from data_prep.splits import split_docs
 from data_prep.tok_report import tokenizer_report
 from data_prep.tokenizer import MODEL_TYPES, train_tokenizer
-from minimodel.errors import UserError, cli_entry
+from minimodel.common.errors import UserError, cli_entry
 
 
 def collect(args) -> tuple[list[Doc], list[dict]]:
@@ -59,7 +59,7 @@ def prepare(args) -> dict:
     splits = split_docs(docs, args.val_fraction, args.seed)
     by_split = {s: [d.text for d in ds] for s, ds in splits.items()}
     with tempfile.TemporaryDirectory() as tmp:
-        tok = args.tokenizer  # a file, a model directory or a hub id: minimodel.tokenizer.open_tokenizer
+        tok = args.tokenizer  # a file, a model directory or a hub id: minimodel.tokenizers.tokenizer.open_tokenizer
         if tok is None:
             tok = train_tokenizer(by_split["train"], Path(tmp) / "tokenizer.model", args.vocab_size,
                                   args.model_type)

@@ -1,7 +1,7 @@
 """SFT data: conversations or Alpaca records -> token ids + a loss mask on assistant tokens.
 
 With a Hugging Face base's tokenizer (its directory or tokenizer.json), the base's own chat template
-renders the conversation and the mask covers what each assistant turn adds (minimodel.tokenizer).
+renders the conversation and the mask covers what each assistant turn adds (minimodel.tokenizers.tokenizer).
 With the kit's sentencepiece tokenizers, the template is ChatML (Qwen/MiniMind; the markers are single
 pieces of our tokenizers):
     <|im_start|>system\n...<|im_end|>\n<|im_start|>user\n...<|im_end|>\n<|im_start|>assistant\n...<|im_end|>\n
@@ -28,10 +28,11 @@ import numpy as np
 from data_prep.clean import clean_text
 from data_prep.shards import command_line, token_dtype
 from data_prep.splits import is_heldout
-from minimodel.data import SFT_FORMAT, load_sft_split
-from minimodel.errors import UserError, cli_entry
-from minimodel.io import atomic_dir, write_bytes, write_json
-from minimodel.tokenizer import CHAT_TOKENS, copy_tokenizer, open_tokenizer
+from minimodel.data.format import SFT_FORMAT, load_sft_split
+from minimodel.common.errors import UserError, cli_entry
+from minimodel.common.io import atomic_dir, write_bytes, write_json
+from minimodel.tokenizers.chat import CHAT_TOKENS
+from minimodel.tokenizers.tokenizer import copy_tokenizer, open_tokenizer
 
 ROLES = ("system", "user", "assistant")
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",

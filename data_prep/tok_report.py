@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from minimodel.errors import cli_entry
-from minimodel.tokenizer import Tokenizer, open_tokenizer
+from minimodel.common.errors import cli_entry
+from minimodel.tokenizers.tokenizer import Tokenizer, open_tokenizer
 
 
 def language_stats(tok: Tokenizer, texts: Sequence[str]) -> dict:
@@ -35,7 +35,7 @@ def language_stats(tok: Tokenizer, texts: Sequence[str]) -> dict:
 
 def tokenizer_report(tokenizer, texts_by_lang: Mapping[str, Sequence[str]]) -> dict:
     """Per-language stats for a tokenizer: a path (sentencepiece .model, tokenizer.json, model
-    directory) or an opened minimodel.tokenizer tokenizer."""
+    directory) or an opened minimodel.tokenizers.tokenizer tokenizer."""
     tok = open_tokenizer(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
     rep = {"vocab_size": tok.vocab_size, "kind": tok.kind,
            "languages": {lang: language_stats(tok, t) for lang, t in texts_by_lang.items()}}

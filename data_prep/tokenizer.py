@@ -13,9 +13,9 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 import sentencepiece as spm
 
-from minimodel.errors import UserError, cli_entry
-from minimodel.io import write_bytes
-from minimodel.tokenizer import BOS_ID, CHAT_TOKENS, EOS_ID, PAD_ID, UNK_ID
+from minimodel.common.errors import UserError, cli_entry
+from minimodel.common.io import write_bytes
+from minimodel.tokenizers.chat import BOS_ID, CHAT_TOKENS, EOS_ID, PAD_ID, UNK_ID
 
 MODEL_TYPES = ("bpe", "unigram")
 MAX_PIECE_CHARS = 4096  # sentencepiece drops training "sentences" over 64 KiB: feed shorter lines

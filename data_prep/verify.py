@@ -8,7 +8,7 @@ import argparse
 import json
 
 from data_prep.shards import check_prepared
-from minimodel.errors import cli_entry
+from minimodel.common.errors import cli_entry
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Iterable
 
 from data_prep.tokenizer import train_tokenizer
-from minimodel.errors import UserError, cli_entry
-from minimodel.io import atomic_dir, write_bytes, write_text
-from minimodel.tokenizer import HFTokenizer, copy_tokenizer, load_tokenizer, open_tokenizer
+from minimodel.common.errors import UserError, cli_entry
+from minimodel.common.io import atomic_dir, write_bytes, write_text
+from minimodel.tokenizers.chat import load_tokenizer
+from minimodel.tokenizers.tokenizer import HFTokenizer, copy_tokenizer, open_tokenizer
 
 
 def _varint(n: int) -> bytes:

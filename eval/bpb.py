@@ -25,12 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from minimodel.errors import UserError, cli_entry
+from minimodel.common.errors import UserError, cli_entry
 from eval.models import (free_memory, load_model, model_cli, model_meta, output_path, scoring_batch,
                          small_model_threads)
-from minimodel.loading import CausalLM
+from minimodel.models.causal_lm import CausalLM
 from eval.scoring import score_docs
-from minimodel.io import read_json_object, read_jsonl_objects, read_utf8, write_json
+from minimodel.common.io import read_json_object, read_jsonl_objects, read_utf8, write_json
 
 NAME_RE = re.compile(r"^[a-z]{2,3}(_[A-Za-z0-9.\-]+)*$")
 
@@ -99,7 +99,7 @@ def parse_set(spec: str) -> dict:
 
 def shard_docs(set_dir: Path, split: str, lm: CausalLM) -> tuple[list[list[int]], int, int]:
     """Token documents (each ending in EOS) of a prepared split, its bytes and its EOS id."""
-    from minimodel.data import read_manifest
+    from minimodel.data.format import read_manifest
 
     man = read_manifest(set_dir)
     if split not in man["splits"]:

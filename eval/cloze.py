@@ -19,8 +19,8 @@ import random
 import re
 import sys
 
-from minimodel.errors import UserError, cli_entry
-from minimodel.io import write_text
+from minimodel.common.errors import UserError, cli_entry
+from minimodel.common.io import write_text
 from eval.bpb import read_texts
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")

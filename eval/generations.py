@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from minimodel.errors import UserError, cli_entry
-from minimodel.io import read_jsonl_objects, write_json
+from minimodel.common.errors import UserError, cli_entry
+from minimodel.common.io import read_jsonl_objects, write_json
 from eval.models import load_model, model_cli, model_meta, output_path, small_model_threads
-from minimodel.loading import CausalLM
+from minimodel.models.causal_lm import CausalLM
 from eval.repetition import repetition_score
 
 DEFAULT_PROMPTS = Path(__file__).resolve().parent / "prompts" / "en_ko_2x2.jsonl"
@@ -56,7 +56,7 @@ def continue_ids(lm: CausalLM, ids: list[int], max_new_tokens: int, temperature:
     gen = torch.Generator(device=lm.device).manual_seed(seed)
     eos = lm.tokenizer.eos_id
     if lm.kind == "native":
-        from minimodel.generate import generate
+        from minimodel.nn.generate import generate
 
         room = lm.net.config.max_seq_len - len(ids)
         out = generate(lm.net, prompt, min(max_new_tokens, room), temperature=temperature,

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import yaml
 
-from minimodel.errors import UserError, cli_entry
+from minimodel.common.errors import UserError, cli_entry
 from eval.models import model_cli
-from minimodel.io import write_json
+from minimodel.common.io import write_json
 
 TASK_DIR = Path(__file__).resolve().parent / "tasks"
 # Standard tasks selectable by name; every one downloads its dataset from the hub.

@@ -1,6 +1,6 @@
-"""The models eval scores: whatever minimodel.loading loads (a run directory, a Hugging Face
+"""The models eval scores: whatever minimodel.models.loading loads (a run directory, a Hugging Face
 directory or hub id, a .gguf file, an adapter on its base), merged, on a device, at the
-context the run was trained with. The tokenizer is the model's own (minimodel.tokenizer)."""
+context the run was trained with. The tokenizer is the model's own (minimodel.tokenizers.tokenizer)."""
 from __future__ import annotations
 
 import argparse
@@ -12,8 +12,9 @@ from pathlib import Path
 
 import torch
 
-from minimodel.errors import UserError
-from minimodel.loading import CausalLM, load
+from minimodel.common.errors import UserError
+from minimodel.models.causal_lm import CausalLM
+from minimodel.models.loading import load
 
 EXTERNAL_CONTEXT = 2048  # default context for a model not trained here (a run is scored at its own)
 

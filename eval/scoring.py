@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from minimodel.loading import CausalLM
+from minimodel.models.causal_lm import CausalLM
 
 
 def doc_windows(ids: list[int], prefix_id: int, ctx: int, stride: int) -> list[tuple[list[int], int]]:

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from minimodel.errors import UserError
-from minimodel.io import read_toml
-from minimodel.model import PRESETS, ModelConfig, model_config_from
+import tomllib
+
+from minimodel.common.errors import UserError
+from minimodel.common.io import read_toml
+from minimodel.nn.model import PRESETS, ModelConfig, model_config_from
 
 
 def choice(default: str, *options: str):

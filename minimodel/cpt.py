@@ -8,8 +8,8 @@ unsloth on a GPU) on the linear layers, embed_tokens and lm_head trained fully a
 optim.lr x lora.embedding_lr_mult; `lora.enabled=false` is full fine-tuning through the same
 stage. `data.path` is the new language; `replay.path` + `replay.ratio` mix in the original one, or
 `replay.source=generated` has the base write that set itself (minimodel.dream), and `replay.distill`
-pulls the model towards the base's distribution on replay windows (minimodel.distill), and
-`replay.anchor` towards the base's weights where they matter (minimodel.anchor).
+pulls the model towards the base's distribution on replay windows (minimodel.forgetting.distill), and
+`replay.anchor` towards the base's weights where they matter (minimodel.forgetting.anchor).
 Held-out bits per byte of both (val_bpb_<language>) are logged at every evaluation, so the
 forgetting curve is visible while it happens. A tokenizer extended by data_prep.vocab_ext grows
 the embeddings (new rows = mean of the old pieces each new piece decomposes into).
@@ -18,14 +18,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from minimodel.common.distributed import DistInfo, barrier
 from minimodel.config import CptConfig
-from minimodel.data import StageData, TokenShards, TrainStream
-from minimodel.anchor import FisherAnchor, estimate_fisher
-from minimodel.distributed import DistInfo, barrier
-from minimodel.dream import DreamSettings, check_settings, write_dream_set
-from minimodel.guard import ForgettingGuard
-from minimodel.replay import ReplayStream
-from minimodel.stage import Built, adapter_model, check_same_tokenizer, set_name, stage_entry
+from minimodel.data.replay import ReplayStream
+from minimodel.data.windows import StageData, TokenShards, TrainStream
+from minimodel.forgetting.anchor import FisherAnchor, estimate_fisher
+from minimodel.forgetting.dream import DreamSettings, check_settings, write_dream_set
+from minimodel.forgetting.guard import ForgettingGuard
+from minimodel.stages.lifecycle import Built, stage_entry
+from minimodel.stages.on_base import adapter_model, check_same_tokenizer, set_name
 
 
 class ContinuedPretraining:

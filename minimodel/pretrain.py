@@ -8,12 +8,12 @@ Re-running with the same config resumes from the last good checkpoint.
 """
 from __future__ import annotations
 
+from minimodel.common.distributed import DistInfo
 from minimodel.config import RunConfig
-from minimodel.data import StageData, TokenShards, TrainStream
-from minimodel.distributed import DistInfo
-from minimodel.export import export_final
-from minimodel.model import MiniModel
-from minimodel.stage import Built, stage_entry
+from minimodel.data.windows import StageData, TokenShards, TrainStream
+from minimodel.models.export import export_final
+from minimodel.nn.model import MiniModel
+from minimodel.stages.lifecycle import Built, stage_entry
 
 
 class Pretrain:

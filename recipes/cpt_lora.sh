@@ -57,8 +57,8 @@ if [ ! -f "$KO_RAW" ]; then
     "$PY" - "$KO_RAW" "$KO_DOCS" <<'PY'
 import itertools, json, sys
 from data_prep.sources import hf_records
-from minimodel.errors import cli_entry
-from minimodel.io import write_text
+from minimodel.common.errors import cli_entry
+from minimodel.common.io import write_text
 def main():  # offline or unreachable hub: one error line (cli_entry), no file
     rows = (r for _, r in hf_records("wikimedia/wikipedia", "20231101.ko"))
     lines = (json.dumps({"id": r["id"], "text": r["text"]}, ensure_ascii=False) for r in rows)

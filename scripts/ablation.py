@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from minimodel.config import load_config
-from minimodel.distributed import cleanup, init_distributed
-from minimodel.errors import UserError, cli_entry
+from minimodel.common.distributed import cleanup, init_distributed
+from minimodel.common.errors import UserError, cli_entry
 from scripts.ablation_summary import summarize
 
 ARMS = {  # name -> (optimizer, qk_norm)

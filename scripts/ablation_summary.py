@@ -15,8 +15,8 @@ import math
 import statistics
 from pathlib import Path
 
-from minimodel.io import write_json, write_text
-from minimodel.tracking import read_metrics
+from minimodel.common.io import write_json, write_text
+from minimodel.train.tracking import read_metrics
 
 
 def val_curve(run_dir: Path) -> list[tuple[int, float, float]]:

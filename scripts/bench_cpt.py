@@ -32,7 +32,7 @@ ARMS = {  # name: (lora enabled, replay ratio)
 @torch.no_grad()
 def full_bpb(lm, set_dir: Path, seq_len: int) -> float:
     """Bits per byte over every held-out window of a set (not the training-time sample)."""
-    from minimodel.data import TokenShards, token_byte_lengths
+    from minimodel.data.windows import TokenShards, token_byte_lengths
 
     val = TokenShards(set_dir, "val", seq_len, lm.config.vocab_size)
     tb = token_byte_lengths(set_dir / val.manifest["tokenizer"]["file"], lm.config.vocab_size)
@@ -46,11 +46,11 @@ def full_bpb(lm, set_dir: Path, seq_len: int) -> float:
 
 
 def main(argv=None):
-    from minimodel.loading import load
+    from minimodel.models.loading import load
     from minimodel.config import CptConfig, load_config
     from minimodel.cpt import run as cpt
     from minimodel.pretrain import run as pretrain
-    from minimodel.tracking import read_metrics
+    from minimodel.train.tracking import read_metrics
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/bench_cpt")

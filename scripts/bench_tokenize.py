@@ -17,7 +17,7 @@ import numpy as np
 from data_prep.shards import encode_parallel, make_pool, token_dtype
 from data_prep.sources import read_files
 from data_prep.tokenizer import train_tokenizer
-from minimodel.tokenizer import load_tokenizer
+from minimodel.tokenizers.chat import load_tokenizer
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 

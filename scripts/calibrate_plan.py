@@ -23,11 +23,11 @@ import statistics
 import sys
 from pathlib import Path
 
-from minimodel.checkpoint import latest_checkpoint
+from minimodel.train.checkpoint import latest_checkpoint
 from minimodel.config import read_run_config
-from minimodel.errors import UserError, cli_entry
-from minimodel.flops import CPU_PEAK_FLOPS, PEAK_BF16_FLOPS
-from minimodel.tracking import read_metrics
+from minimodel.common.errors import UserError, cli_entry
+from minimodel.nn.flops import CPU_PEAK_FLOPS, PEAK_BF16_FLOPS
+from minimodel.train.tracking import read_metrics
 from scripts.gpus import GPUS
 from scripts.plan import estimate
 
@@ -44,7 +44,7 @@ def planner_gpu(device: str) -> str | None:
 
 def peak_flops(device: str, gpu: str | None) -> float:
     """The peak the run's MFU is measured against: the planner's table, else the trainer's
-    (minimodel/flops.py, the figure its logged MFU used)."""
+    (minimodel/nn/flops.py, the figure its logged MFU used)."""
     if gpu:
         return GPUS[gpu].peak_bf16_flops
     if device.startswith("cuda"):

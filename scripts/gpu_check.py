@@ -33,7 +33,7 @@ from typing import Callable
 
 import torch
 
-from minimodel.errors import UserError, cli_entry
+from minimodel.common.errors import UserError, cli_entry
 from scripts import gpu_lora, gpu_sections as S
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,7 +125,7 @@ def slug(name: str) -> str:
 def environment(device: torch.device) -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
-    from minimodel.rundir import git_commit
+    from minimodel.train.rundir import git_commit
 
     present = {}
     for name in OPTIONAL:

@@ -38,8 +38,8 @@ def lora_on(net):
     """The recipe's adapters through the kit: rank 128 rsLoRA on every projection, embeddings and lm_head
     trained fully, trainable tensors kept in fp32 (as the unsloth path keeps them)."""
     from minimodel.config import DEFAULT_LORA_TARGETS
-    from minimodel.loading import CausalLM, shape_of_hf_config
-    from minimodel.lora import apply_lora
+    from minimodel.models.causal_lm import CausalLM, shape_of_hf_config
+    from minimodel.models.lora import apply_lora
 
     lm = CausalLM(net, "hf", shape_of_hf_config(net.config))
     apply_lora(lm, rank=128, alpha=32.0, dropout=0.0, targets=DEFAULT_LORA_TARGETS, rslora=True,
@@ -53,7 +53,7 @@ def lora_on(net):
 def lora_steps(ck, lm, seq: int, fields: dict) -> None:
     """Two AdamW steps (lr 5e-5, embeddings 1e-5) per setting; the peak includes the optimizer state."""
     from minimodel.config import OptimConfig
-    from minimodel.optim import build_optimizers
+    from minimodel.train.optim import build_optimizers
 
     opts = build_optimizers(lm, OptimConfig(name="adamw", lr=5e-5, weight_decay=0.0), embed_lr=1e-5)
     core = lm.core()

@@ -112,8 +112,8 @@ def bench_train(ck) -> None:
 def muon_share(ck) -> None:
     """Time of torch.optim.Muon's step (Newton-Schulz and the update) over the whole training step at 104M."""
     from minimodel.config import OptimConfig
-    from minimodel.model import MiniModel, model_config_from
-    from minimodel.optim import build_optimizers
+    from minimodel.nn.model import MiniModel, model_config_from
+    from minimodel.train.optim import build_optimizers
 
     preset, seq, batch, rounds = ("tiny", 64, 2, 3) if ck.quick else ("104m", 1024, 16, 10)
     small = dict(d_model=64, n_layers=2, ffn_dim=128, vocab_size=1024) if ck.quick else {}
@@ -190,8 +190,8 @@ def microbatch_24gb(ck) -> None:
         ck.emit(skipped="needs CUDA: the 24 GB cap is torch.cuda.set_per_process_memory_fraction")
         return
     from minimodel.config import OptimConfig
-    from minimodel.model import MiniModel, model_config_from
-    from minimodel.optim import build_optimizers
+    from minimodel.nn.model import MiniModel, model_config_from
+    from minimodel.train.optim import build_optimizers
 
     total = torch.cuda.get_device_properties(ck.device).total_memory
     torch.cuda.set_per_process_memory_fraction(min(CAP_24GB_GIB * 2**30 / total, 1.0), ck.device)
@@ -237,7 +237,7 @@ def pretrain_300(ck) -> None:
     on --data or on the fixture set: the loss curve's ends and the MFU the trainer logs."""
     from minimodel.config import load_config
     from minimodel.pretrain import run
-    from minimodel.tracking import read_metrics
+    from minimodel.train.tracking import read_metrics
     from scripts.gpu_data import fixture_set
 
     cuda = ck.device.type == "cuda"
@@ -278,10 +278,10 @@ def pretrain_300(ck) -> None:
 # ---------------------------------------------------------------- generated replay's sampling speed
 
 def dream_replay(ck) -> None:
-    """Sampling speed of generated ("dream") replay at 104M (minimodel.generate, KV cache, bf16): with a
+    """Sampling speed of generated ("dream") replay at 104M (minimodel.nn.generate, KV cache, bf16): with a
     CPT run's tokens/s it says what share of the run the base's writing of its replay set takes."""
-    from minimodel.generate import generate
-    from minimodel.model import MiniModel, model_config_from
+    from minimodel.nn.generate import generate
+    from minimodel.nn.model import MiniModel, model_config_from
 
     preset, seq, batches = ("tiny", 64, (4, 16)) if ck.quick else ("104m", 1024, (64, 256))
     small = dict(d_model=64, n_layers=2, ffn_dim=128, vocab_size=1024) if ck.quick else {}

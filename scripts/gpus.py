@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from minimodel.errors import UserError
+from minimodel.common.errors import UserError
 
 
 @dataclass(frozen=True)

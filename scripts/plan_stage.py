@@ -2,7 +2,7 @@
 parameters (LoRA factors + embeddings, or everything under full fine-tuning), memory per GPU,
 FLOPs, time and cost. Used by scripts/plan.py when the config has a [base] section.
 
-Memory: the frozen base in fp32 (peft backend, as minimodel.loading loads it), 4-bit NF4 or bf16
+Memory: the frozen base in fp32 (peft backend, as minimodel.models.loading loads it), 4-bit NF4 or bf16
 (unsloth); trainable tensors in fp32 with grads and AdamW's two states; activations and logits
 as for pretraining (LoRA's own activations, rank-sized, are left out), except under unsloth's
 gradient checkpointing: each layer's bf16 input plus one layer recomputed at a time. FLOPs per token:
@@ -11,8 +11,8 @@ its gradient (so full fine-tuning is the usual 6N).
 """
 from __future__ import annotations
 
-from minimodel.loading import model_shape
-from minimodel.model import ModelConfig
+from minimodel.models.loading import model_shape
+from minimodel.nn.model import ModelConfig
 
 NF4_BYTES = 4.13 / 8  # 4-bit weights with double-quantised scales
 

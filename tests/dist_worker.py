@@ -10,9 +10,9 @@ import sys
 from safetensors.torch import save_file
 
 from minimodel.config import load_config
-from minimodel.io import write_text
+from minimodel.common.io import write_text
 from minimodel.pretrain import Pretrain
-from minimodel.stage import run_stage
+from minimodel.stages.lifecycle import run_stage
 
 def inject_fault(at_forward: int):
     """inf out of model.layers.1.mlp from the given training forward until the next one, so the
@@ -21,7 +21,7 @@ def inject_fault(at_forward: int):
 
     import torch
 
-    from minimodel.model import MiniModel
+    from minimodel.nn.model import MiniModel
 
     state = {"n": 0, "on": False}
     original = MiniModel.__init__

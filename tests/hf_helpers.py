@@ -21,7 +21,7 @@ def bilingual_tokenizer(path: Path, vocab_size: int = 2048) -> Path:
 
 
 def tiny_native(vocab_size: int, qk_norm: bool, tied: bool = True, seed: int = 0):
-    from minimodel.model import MiniModel, model_config_from
+    from minimodel.nn.model import MiniModel, model_config_from
 
     torch.manual_seed(seed)
     cfg = model_config_from("tiny", vocab_size=vocab_size, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,

@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import read_docs
-from minimodel.errors import UserError
+from minimodel.common.errors import UserError
 
 SURVEY = os.environ.get("BAD_INPUTS_SURVEY") == "1"
 TRIED: Counter = Counter()
@@ -196,9 +196,10 @@ def world(english_set, tmp_path_factory) -> dict:
     from safetensors.torch import save_file
 
     from data_prep.sft import prepare_sft
-    from minimodel.checkpoint import model_tensors, save_checkpoint
-    from minimodel.export import write_model_files
-    from minimodel.model import MiniModel, model_config_from
+    from minimodel.nn.weights import model_tensors
+    from minimodel.train.checkpoint import save_checkpoint
+    from minimodel.models.export import write_model_files
+    from minimodel.nn.model import MiniModel, model_config_from
 
     root = tmp_path_factory.mktemp("bad_inputs")
     tok = english_set / "tokenizer.model"
@@ -217,7 +218,7 @@ def world(english_set, tmp_path_factory) -> dict:
     hf.mkdir()
     write_model_files(model, hf)
     (hf / "minimodel.json").unlink()  # a plain Hugging Face directory
-    from minimodel.hf_tokenizer import save_hf_tokenizer
+    from minimodel.tokenizers.sp_to_hf import save_hf_tokenizer
     save_hf_tokenizer(tok, hf)
 
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -230,8 +231,8 @@ def world(english_set, tmp_path_factory) -> dict:
     recs = [(f"r{i}", {"id": i, "instruction": d[:80], "output": d[80:200]}) for i, d in enumerate(docs)]
     prepare_sft(root / "sft", tok, recs, val_fraction=0.3)
 
-    from minimodel.loading import load
-    from minimodel.lora import apply_lora, save_adapter
+    from minimodel.models.loading import load
+    from minimodel.models.lora import apply_lora, save_adapter
     lm = apply_lora(load(str(root / "core")), 2, 4, 0.0, ["q_proj", "v_proj"])
     save_adapter(lm, root / "adapter", tok, {"base": str(root / "core")}, save_embeddings=True)
     return {"root": root, "set": english_set, "tok": tok, "core": root / "core", "hf": hf,
@@ -241,10 +242,10 @@ def world(english_set, tmp_path_factory) -> dict:
 def test_world_is_valid(world):
     """The unfuzzed inputs load: a fuzzed failure is the fuzz's doing, not the fixture's."""
     from data_prep.sft import read_sft
-    from minimodel.loading import load
-    from minimodel.checkpoint import latest_checkpoint
-    from minimodel.data import TokenShards
-    from minimodel.sft import SFTExamples
+    from minimodel.models.loading import load
+    from minimodel.train.checkpoint import latest_checkpoint
+    from minimodel.data.windows import TokenShards
+    from minimodel.data.windows import SFTExamples
 
     assert TokenShards(world["set"], "train", 16, 1024).n_windows > 0
     assert len(read_sft(world["sft"], "train")) > 0 and SFTExamples(world["sft"], "train", 64).n_windows > 0
@@ -258,7 +259,8 @@ def test_world_is_valid(world):
 
 def _shard_readers(d: Path):
     from data_prep.shards import check_prepared, read_tokens
-    from minimodel.data import TokenShards, read_manifest
+    from minimodel.data.format import read_manifest
+    from minimodel.data.windows import TokenShards
 
     expect_clean("shards: read_manifest", read_manifest, d)
     for split in ("train", "val"):
@@ -293,11 +295,11 @@ def _sp_bytes(data, good: bytes):
 
 
 def _tokenizer_readers(tok: Path, set_dir: Path | None, base_tok: Path):
-    from minimodel.tokenizer import load_tokenizer
-    from minimodel.tokenizer import SPTokenizer, tokenizer_in, tokenizer_relation
-    from minimodel.data import token_byte_lengths
-    from minimodel.hf_tokenizer import build_hf_tokenizer
-    from minimodel.tokenizer import load_tokenizer as load_sp
+    from minimodel.tokenizers.chat import load_tokenizer
+    from minimodel.tokenizers.tokenizer import SPTokenizer, tokenizer_in, tokenizer_relation
+    from minimodel.data.windows import token_byte_lengths
+    from minimodel.tokenizers.sp_to_hf import build_hf_tokenizer
+    from minimodel.tokenizers.chat import load_tokenizer as load_sp
 
     expect_clean("tokenizer: data_prep load_tokenizer", load_tokenizer, tok)
     expect_clean("tokenizer: hf_tokenizer.load_sp", load_sp, tok)
@@ -307,7 +309,7 @@ def _tokenizer_readers(tok: Path, set_dir: Path | None, base_tok: Path):
     expect_clean("tokenizer: base vs data relation", tokenizer_relation, SPTokenizer(base_tok), tok, "base")
     if set_dir is not None:
         from data_prep.shards import check_prepared
-        from minimodel.data import TokenShards
+        from minimodel.data.windows import TokenShards
 
         expect_clean("shards: TokenShards", TokenShards, set_dir, "train", 16, 1024)
         expect_clean("data_prep.verify (check_prepared)", check_prepared, set_dir)
@@ -318,7 +320,7 @@ def _tokenizer_readers(tok: Path, set_dir: Path | None, base_tok: Path):
 def test_fuzzed_tokenizer_file(world, data, same_sha):
     """Damaged tokenizer.model beside shards; with same_sha the manifest is updated to match, so the
     readers go past the checksum and load it."""
-    from minimodel.io import file_sha256
+    from minimodel.common.io import file_sha256
 
     with copy_of(world["set"]) as d:
         tok = d / "tokenizer.model"
@@ -334,14 +336,14 @@ def test_fuzzed_tokenizer_file(world, data, same_sha):
 
 def _sft_readers(d: Path):
     from data_prep.sft import read_sft
-    from minimodel.sft import SFTExamples
+    from minimodel.data.windows import SFTExamples
 
     for split in ("train", "val"):
         expect_clean("sft: data_prep.sft.read_sft", read_sft, d, split)
-        ex = expect_clean("sft: minimodel.sft.SFTExamples", SFTExamples, d, split, 32)
+        ex = expect_clean("sft: minimodel.data.windows.SFTExamples", SFTExamples, d, split, 32)
         if ex is not None:  # it loaded: batches and the vocabulary check must work too
-            expect_clean("sft: minimodel.sft.SFTExamples", ex.batch, list(range(min(ex.n_windows, 4))))
-            expect_clean("sft: minimodel.sft.SFTExamples", ex.check_vocab, 1024)
+            expect_clean("sft: minimodel.data.windows.SFTExamples", ex.batch, list(range(min(ex.n_windows, 4))))
+            expect_clean("sft: minimodel.data.windows.SFTExamples", ex.check_vocab, 1024)
 
 
 @FUZZ
@@ -367,14 +369,14 @@ def test_fuzzed_sft_files(world, data):
 # ---------------------------------------------------------------- checkpoints
 
 def _fresh_model(world):
-    from minimodel.model import MiniModel
+    from minimodel.nn.model import MiniModel
     return MiniModel(world["cfg"])
 
 
 @FUZZ
 @given(data=st.data())
 def test_fuzzed_weights_file(world, data):
-    from minimodel.checkpoint import load_model_weights
+    from minimodel.nn.weights import load_model_weights
 
     good = (world["core"] / "final" / "model.safetensors").read_bytes()
     with tempfile.TemporaryDirectory() as tmp:
@@ -414,8 +416,8 @@ def test_fuzzed_checkpoint_dir(world, data, fix_sha):
     """Damage step_10. A direct load raises a UserError naming the file; latest_checkpoint warns,
     names the file and falls back to step_5. With fix_sha the checksums are updated to the damaged
     files, so the damage reaches the loaders instead of the checksum check."""
-    from minimodel.checkpoint import META, latest_checkpoint, load_checkpoint
-    from minimodel.io import file_sha256
+    from minimodel.train.checkpoint import META, latest_checkpoint, load_checkpoint
+    from minimodel.common.io import file_sha256
 
     with copy_of(world["ckpts"]) as root:
         step = root / "step_10"
@@ -453,7 +455,7 @@ def test_fuzzed_checkpoint_dir(world, data, fix_sha):
 @given(data=st.data())
 def test_fuzzed_native_base(world, data):
     from eval.models import load_model
-    from minimodel.loading import load
+    from minimodel.models.loading import load
 
     with copy_of(world["core"]) as run:
         f = run / "final" / "minimodel.json"
@@ -484,7 +486,7 @@ def _hf_config_variants(data, good: dict) -> bytes | None:
 @given(data=st.data())
 def test_fuzzed_hf_dir(world, data):
     from eval.models import load_model
-    from minimodel.loading import load
+    from minimodel.models.loading import load
 
     with copy_of(world["hf"]) as d:
         what = data.draw(st.sampled_from(["config"] * 3 + ["weights", "no-weights"]))
@@ -505,7 +507,7 @@ def test_fuzzed_hf_dir(world, data):
 @given(data=st.data())
 def test_fuzzed_adapter_dir(world, data):
     from eval.models import load_model
-    from minimodel.loading import load
+    from minimodel.models.loading import load
 
     with copy_of(world["adapter"]) as d:
         name = data.draw(st.sampled_from(["adapter_config.json", "minimodel_adapter.json",

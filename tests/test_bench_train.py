@@ -2,7 +2,7 @@
 implementations, the optimizer's share, and the memory each keeps per micro-batch."""
 import torch
 
-from minimodel.model import MiniModel, model_config_from
+from minimodel.nn.model import MiniModel, model_config_from
 from scripts.bench_train import bench_preset, native_loss, saved_for_backward_bytes
 
 

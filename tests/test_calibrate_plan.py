@@ -9,9 +9,9 @@ import pytest
 
 from conftest import tiny_overrides
 from minimodel.config import load_config
-from minimodel.errors import UserError
-from minimodel.flops import CPU_PEAK_FLOPS, flops_per_token
-from minimodel.model import MiniModel, model_config_from
+from minimodel.common.errors import UserError
+from minimodel.nn.flops import CPU_PEAK_FLOPS, flops_per_token
+from minimodel.nn.model import MiniModel, model_config_from
 from minimodel.pretrain import run
 from scripts.calibrate_plan import calibrate, main, planner_gpu
 

@@ -4,7 +4,7 @@ import tomllib
 import pytest
 
 from minimodel.config import dump_toml, load_config
-from minimodel.errors import UserError
+from minimodel.common.errors import UserError
 
 
 def test_toml_and_overrides(tmp_path):

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from minimodel.config import CptConfig, RunConfig, build_config, load_config
-from minimodel.errors import UserError
+from minimodel.common.errors import UserError
 
 SECTIONS = ["model", "optim", "data", "train", "tracking", "base", "lora", "replay", "eval", "bogus"]
 KEYS = ["preset", "d_model", "n_heads", "vocab_size", "lr", "name", "schedule", "steps", "micro_batch",
@@ -83,8 +83,8 @@ def test_non_finite_and_out_of_range_numbers_are_errors_or_work(key, value):
 def _one_step(ocfg) -> None:
     import torch
 
-    from minimodel.model import MiniModel, model_config_from
-    from minimodel.optim import build_optimizers, lr_multiplier, set_lr
+    from minimodel.nn.model import MiniModel, model_config_from
+    from minimodel.train.optim import build_optimizers, lr_multiplier, set_lr
 
     torch.manual_seed(0)
     model = MiniModel(model_config_from("tiny", vocab_size=64, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1,

@@ -12,13 +12,13 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT
-from minimodel.loading import load
+from minimodel.models.loading import load
 from minimodel.config import CptConfig, load_config
 from minimodel.cpt import run
-from minimodel.data import TokenShards
-from minimodel.errors import UserError
-from minimodel.replay import ReplayStream
-from minimodel.tracking import read_metrics
+from minimodel.data.windows import TokenShards
+from minimodel.common.errors import UserError
+from minimodel.data.replay import ReplayStream
+from minimodel.train.tracking import read_metrics
 from test_cpt_fixtures import bilingual, stage_overrides  # noqa: F401
 
 

@@ -18,14 +18,14 @@ from conftest import read_docs
 
 
 def tiny_model_config(vocab: int, tie: bool = True):
-    from minimodel.model import model_config_from
+    from minimodel.nn.model import model_config_from
 
     return model_config_from("tiny", vocab_size=vocab, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
                              ffn_dim=192, max_seq_len=256, tie_embeddings=tie)
 
 
 def write_native_base(run_dir: Path, model, tokenizer: Path) -> Path:
-    from minimodel.checkpoint import model_tensors
+    from minimodel.nn.weights import model_tensors
     from safetensors.torch import save_file
     import shutil
 
@@ -39,7 +39,7 @@ def write_native_base(run_dir: Path, model, tokenizer: Path) -> Path:
 
 def pretrain_briefly(model, set_dir: Path, steps: int = 15, seed: int = 0):
     """A few AdamW steps on English windows (seconds), so the base is not random."""
-    from minimodel.data import TokenShards, TrainStream
+    from minimodel.data.windows import TokenShards, TrainStream
 
     torch.manual_seed(seed)
     stream = TrainStream(TokenShards(set_dir, "train", 64, model.config.vocab_size), seed)
@@ -57,7 +57,7 @@ def build(root: str) -> dict:
     from data_prep.shards import prepare_from_docs
     from data_prep.tokenizer import train_tokenizer
     from data_prep.vocab_ext import extend_tokenizer
-    from minimodel.model import MiniModel
+    from minimodel.nn.model import MiniModel
 
     root = Path(root)
     en, ko = read_docs("english_web.jsonl"), read_docs("korean_1961.jsonl")

@@ -10,7 +10,7 @@ import pytest
 from data_prep import demo, offline, prepare
 from data_prep.shards import check_prepared
 from data_prep.tokenizer import train_tokenizer
-from minimodel.errors import UserError
+from minimodel.common.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,7 @@ import pytest
 from data_prep import demo_sft, offline
 from data_prep.sft import read_sft
 from data_prep.tokenizer import train_tokenizer
-from minimodel.tokenizer import load_tokenizer
+from minimodel.tokenizers.chat import load_tokenizer
 
 from conftest import read_docs
 
@@ -65,7 +65,7 @@ def test_cli_builds_a_masked_set(tmp_path, monkeypatch):
 
 
 def test_missing_demo_is_a_clear_error(tmp_path, capsys):
-    from minimodel.errors import cli_entry
+    from minimodel.common.errors import cli_entry
     with pytest.raises(SystemExit) as exit_:  # the CLI's exit status, as python -m data_prep.demo_sft gives it
         cli_entry(demo_sft.main)(["--data", str(tmp_path)])
     assert exit_.value.code == 2

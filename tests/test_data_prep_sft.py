@@ -10,8 +10,8 @@ import pytest
 from data_prep.sft import prepare_sft, read_sft, to_messages
 from data_prep.sources import records
 from data_prep.tokenizer import train_tokenizer, weighted_texts
-from minimodel.errors import UserError
-from minimodel.tokenizer import BOS_ID, EOS_ID, encode_chat, load_tokenizer, render_chat
+from minimodel.common.errors import UserError
+from minimodel.tokenizers.chat import BOS_ID, EOS_ID, encode_chat, load_tokenizer, render_chat
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "tests" / "fixtures"

@@ -12,8 +12,8 @@ from data_prep import shards
 from data_prep.mixture import mix, split_at_eos
 from data_prep.shards import check_prepared, prepare_from_docs, read_tokens, token_dtype
 from data_prep.tokenizer import train_tokenizer, weighted_texts
-from minimodel.errors import UserError
-from minimodel.tokenizer import EOS_ID, load_tokenizer
+from minimodel.common.errors import UserError
+from minimodel.tokenizers.chat import EOS_ID, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "tests" / "fixtures"

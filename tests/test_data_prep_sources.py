@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from data_prep.sources import read_files, read_hf, records
-from minimodel.errors import UserError
+from minimodel.common.errors import UserError
 
 FIX = Path(__file__).parent / "fixtures"
 EN = FIX / "english_web.jsonl"

@@ -8,8 +8,8 @@ from hypothesis import given, settings, strategies as st
 from data_prep.tok_report import tokenizer_report
 from data_prep.tokenizer import train_tokenizer, weighted_texts
 from data_prep.vocab_ext import extend_tokenizer
-from minimodel.errors import UserError
-from minimodel.tokenizer import BOS_ID, CHAT_TOKENS, EOS_ID, PAD_ID, UNK_ID, load_tokenizer
+from minimodel.common.errors import UserError
+from minimodel.tokenizers.chat import BOS_ID, CHAT_TOKENS, EOS_ID, PAD_ID, UNK_ID, load_tokenizer
 
 FIX = Path(__file__).parent / "fixtures"
 EN = [json.loads(line)["text"] for line in (FIX / "english_web.jsonl").read_text().splitlines()]

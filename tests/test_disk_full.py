@@ -16,14 +16,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-import minimodel.checkpoint
-import minimodel.tracking
+import minimodel.train.checkpoint
+import minimodel.train.tracking
 from conftest import tiny_overrides
-from minimodel.checkpoint import verify_checkpoint
+from minimodel.train.checkpoint import verify_checkpoint
 from minimodel.config import load_config
-from minimodel.errors import UserError
+from minimodel.common.errors import UserError
 from minimodel.pretrain import run
-from minimodel.tracking import read_metrics
+from minimodel.train.tracking import read_metrics
 
 RUN = {"train.steps": 16, "train.ckpt_every": 4, "train.log_every": 1, "train.eval_every": 8, "train.keep_last": 2}
 SAFETENSORS_FULL = "Error while serializing: I/O error: No space left on device (os error 28)"
@@ -42,14 +42,14 @@ def in_temp_dir(path, prefix: str) -> bool:
 
 
 def fill_checkpoint_safetensors(monkeypatch, run_dir):
-    real = minimodel.checkpoint.save_file
+    real = minimodel.train.checkpoint.save_file
 
     def save_file(tensors, path, *a, **k):
         if in_temp_dir(path, ".step_12."):
             Path(path).write_bytes(b"\0" * 100)  # what got written before the disk filled
             raise SafetensorError(SAFETENSORS_FULL)
         return real(tensors, path, *a, **k)
-    monkeypatch.setattr(minimodel.checkpoint, "save_file", save_file)
+    monkeypatch.setattr(minimodel.train.checkpoint, "save_file", save_file)
     return run_dir / "checkpoints", "checkpoint step_12", 8
 
 
@@ -85,7 +85,7 @@ def fill_metrics(monkeypatch, run_dir):
         def __getattr__(self, name):
             return getattr(self.f, name)
 
-    monkeypatch.setattr(minimodel.tracking, "open", lambda *a, **k: FullFile(open(*a, **k)), raising=False)
+    monkeypatch.setattr(minimodel.train.tracking, "open", lambda *a, **k: FullFile(open(*a, **k)), raising=False)
     return run_dir, "metrics.jsonl", 8
 
 

@@ -1,5 +1,5 @@
 """Generated ("dream") replay, self-distillation on replay windows and the Fisher anchor
-(minimodel.dream, minimodel.distill, minimodel.anchor, minimodel.guard),
+(minimodel.dream, minimodel.forgetting.distill, minimodel.forgetting.anchor, minimodel.forgetting.guard),
 on the tiny English core of the bilingual fixtures: the set the base writes, the teacher's logits,
 the KL term and its gradient, a CPT run that uses both and resumes exactly, and the bad inputs."""
 import json
@@ -17,13 +17,13 @@ from conftest import ROOT
 from data_prep.shards import check_prepared, read_tokens
 from minimodel.config import CptConfig, load_config
 from minimodel.cpt import run
-from minimodel.anchor import FisherAnchor, estimate_fisher
-from minimodel.data import TokenShards
-from minimodel.guard import ForgettingGuard
-from minimodel.dream import DreamSettings, write_dream_set
-from minimodel.errors import UserError
-from minimodel.loading import load
-from minimodel.lora import apply_lora, full_finetune
+from minimodel.forgetting.anchor import FisherAnchor, estimate_fisher
+from minimodel.data.windows import TokenShards
+from minimodel.forgetting.guard import ForgettingGuard
+from minimodel.forgetting.dream import DreamSettings, write_dream_set
+from minimodel.common.errors import UserError
+from minimodel.models.loading import load
+from minimodel.models.lora import apply_lora, full_finetune
 from test_cpt_fixtures import bilingual, stage_overrides  # noqa: F401
 
 
@@ -62,7 +62,7 @@ def test_generated_set_is_a_valid_deterministic_shard_set(bilingual, tmp_path):
 
 
 def test_a_killed_generation_leaves_nothing_and_restarts_to_the_same_set(bilingual, tmp_path, monkeypatch):
-    import minimodel.dream as dream
+    import minimodel.forgetting.dream as dream
 
     real, calls = dream._continue, []
 

@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from conftest import read_docs, tiny_overrides
-from minimodel.errors import UserError
+from minimodel.common.errors import UserError
 
 
 @pytest.fixture(scope="module")

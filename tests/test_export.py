@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 from conftest import ROOT, tiny_overrides
 from hf_helpers import bilingual_tokenizer, fixture_docs, tiny_native
-from minimodel.errors import UserError
-from minimodel.export import export_final, export_model, export_run, verify_export
-from minimodel.hf_tokenizer import build_hf_tokenizer, verify_tokenizer
+from minimodel.common.errors import UserError
+from minimodel.models.export import export_final, export_model, export_run, verify_export
+from minimodel.tokenizers.sp_to_hf import build_hf_tokenizer, verify_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_export_reloads_with_identical_logits(bi_tok, tmp_path, qk_norm, arch):
     gen = GenerationConfig.from_pretrained(out)
     assert gen.eos_token_id == [3, tok.convert_tokens_to_ids("<|im_end|>")] and gen.bos_token_id == 2
     # greedy generation through transformers continues exactly like the native sampler
-    from minimodel.generate import generate
+    from minimodel.nn.generate import generate
     want = generate(model, ids, max_new_tokens=8, temperature=0)
     got = hf.generate(ids, max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)
     assert torch.equal(got, want)
@@ -96,7 +96,7 @@ def test_vocab_extended_tokenizer_converts_exactly(tmp_path):
 def test_chat_template_gives_encode_chat_ids(bi_tok, hf_tok):
     import sentencepiece as spm
 
-    from minimodel.tokenizer import encode_chat
+    from minimodel.tokenizers.chat import encode_chat
 
     sp = spm.SentencePieceProcessor(model_file=str(bi_tok))
     convs = [
@@ -148,7 +148,7 @@ def test_verification_rejects_a_mismatch(bi_tok, exported, tmp_path):
 
 
 def test_export_leaves_nothing_when_verification_fails(bi_tok, tmp_path, monkeypatch):
-    import minimodel.export as export
+    import minimodel.models.export as export
 
     def broken(native, hf_dir, batch=None):
         return 0.5

@@ -15,7 +15,7 @@ import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from conftest import tiny_overrides  # noqa: E402
-from minimodel.model import MiniModel, model_config_from  # noqa: E402
+from minimodel.nn.model import MiniModel, model_config_from  # noqa: E402
 
 DEVICE = os.environ.get("MINIMODEL_TEST_DEVICE") or ("cuda" if torch.cuda.is_available() else "")
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
@@ -40,7 +40,7 @@ def fixture_set(tmp_path_factory):
 
 def train_steps(model, steps: int, compiled: bool) -> list[float]:
     from minimodel.config import OptimConfig
-    from minimodel.optim import build_optimizers
+    from minimodel.train.optim import build_optimizers
 
     opts = build_optimizers(model, OptimConfig(name="muon", lr=0.01, adam_lr=0.01))
     net = torch.compile(model, dynamic=False) if compiled else model
@@ -113,7 +113,7 @@ def test_all_masked_batch_gives_zero_loss_and_gradient():
 
 
 def test_kv_cache_generation_equals_recomputing():
-    from minimodel.generate import generate
+    from minimodel.nn.generate import generate
 
     model = tiny_model().eval()
     prompt = torch.randint(0, VOCAB, (2, 7), device=DEVICE)
@@ -128,8 +128,8 @@ def test_kv_cache_generation_equals_recomputing():
 def test_export_round_trip_from_device_weights(fixture_set, tmp_path):
     """Weights trained on the device export to a Hugging Face directory that transformers reloads with
     the same logits (export_model checks < 1e-4 in fp32) and the same tensors, bit for bit."""
-    from minimodel.export import export_model
-    from minimodel.loading import load
+    from minimodel.models.export import export_model
+    from minimodel.models.loading import load
 
     model = tiny_model()
     train_steps(model, 2, False)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from minimodel.errors import UserError
+from minimodel.common.errors import UserError
 from scripts import gpu_check
 from scripts.gpu_sections import largest_fitting
 from scripts.gpu_tables import BEGIN, END, NONE_YET, render

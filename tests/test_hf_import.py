@@ -7,12 +7,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_helpers import bilingual_tokenizer, tiny_native, write_gguf
-from minimodel.errors import UserError
-from minimodel.hf_convert import to_hf_config
-from minimodel.export import save_native
-from minimodel.gguf import gguf_to_hf
-from minimodel.loading import load, resolve
-from minimodel.hf_tokenizer import save_hf_tokenizer
+from minimodel.common.errors import UserError
+from minimodel.models.hf_convert import to_hf_config
+from minimodel.models.export import save_native
+from minimodel.models.gguf import gguf_to_hf
+from minimodel.models.loading import load, resolve
+from minimodel.tokenizers.sp_to_hf import save_hf_tokenizer
 
 VOCAB = 2048
 
@@ -74,7 +74,7 @@ def test_hf_native_hf_round_trip(bi_tok, tmp_path, qk_norm, tied):
 
 
 def test_native_export_loads_back_into_native(bi_tok, tmp_path):
-    from minimodel.export import export_model
+    from minimodel.models.export import export_model
 
     model = tiny_native(VOCAB, qk_norm=True)
     out, _ = export_model(model, bi_tok, tmp_path / "core")
@@ -196,7 +196,7 @@ def test_a_gguf_file_is_a_stage_base(bi_tok, tmp_path, monkeypatch):
     from hf_helpers import fixture_docs
     from minimodel.config import CptConfig, load_config
     from minimodel.cpt import run
-    from minimodel.tracking import read_metrics
+    from minimodel.train.tracking import read_metrics
     from test_cpt_fixtures import stage_overrides
 
     monkeypatch.setenv("MINIMODEL_CACHE", str(tmp_path / "cache"))

@@ -14,8 +14,8 @@ import torch
 from conftest import ROOT
 from test_cpt_fixtures import bilingual  # noqa: F401
 from hf_helpers import fixture_docs
-from minimodel.errors import UserError
-from minimodel.tokenizer import HFTokenizer, open_tokenizer
+from minimodel.common.errors import UserError
+from minimodel.tokenizers.tokenizer import HFTokenizer, open_tokenizer
 
 ODD = "Emoji 🙂, 漢字, ünïcödé, tabs\tand  spaces; 태초에 하나님이 천지를 창조하시니라.\n"
 
@@ -106,7 +106,7 @@ def test_cpt_with_replay_on_the_hf_base(llama_base, tmp_path):
     from eval.models import load_model
     from minimodel.config import CptConfig, load_config
     from minimodel.cpt import run
-    from minimodel.tracking import read_metrics
+    from minimodel.train.tracking import read_metrics
     from test_cpt_fixtures import stage_overrides
 
     ko, en = fixture_docs("korean_1961.jsonl"), fixture_docs("english_web.jsonl")
@@ -245,7 +245,7 @@ def test_a_base_whose_two_tokenizers_disagree_is_refused(llama_base, bilingual, 
     verified equal): the kit would read one and transformers the other."""
     import shutil
 
-    from minimodel.loading import load
+    from minimodel.models.loading import load
 
     odd = tmp_path / "odd"
     shutil.copytree(llama_base, odd)
@@ -260,7 +260,7 @@ def test_replay_text_worse_than_uniform_stops_the_stage(bilingual, tmp_path):
     to it: the stage stops after the first evaluation, saying why (a new language may start that bad)."""
     from minimodel.config import CptConfig, load_config
     from minimodel.cpt import run
-    from minimodel.loading import load
+    from minimodel.models.loading import load
     from test_cpt_fixtures import stage_overrides, write_native_base
 
     model = load(bilingual["core"]).net
@@ -397,7 +397,7 @@ def test_pretrain_a_core_with_a_hf_tokenizer(llama_base, tmp_path):
     from data_prep.shards import prepare_from_docs
     from minimodel.config import load_config
     from minimodel.pretrain import run
-    from minimodel.tracking import read_metrics
+    from minimodel.train.tracking import read_metrics
 
     en = fixture_docs("english_web.jsonl")
     prepare_from_docs(tmp_path / "en", llama_base, {"train": en[:-6], "val": en[-6:]})

@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from minimodel.tracking import read_metrics
+from minimodel.train.tracking import read_metrics
 from conftest import ROOT, tiny_overrides
 from test_cpt_fixtures import bilingual, stage_overrides  # noqa: F401
 
@@ -243,7 +243,7 @@ def test_sigkill_of_cpt_with_replay_then_resume_is_bitwise_exact(bilingual, cpt_
 
 
 def test_a_checkpoint_cut_short_is_ignored_and_cleaned(english_set, tmp_path):
-    from minimodel.checkpoint import latest_checkpoint
+    from minimodel.train.checkpoint import latest_checkpoint
     from minimodel.config import load_config
     from minimodel.pretrain import run
 
@@ -286,7 +286,7 @@ def check_stop(run_dir: Path, err: str, rc: int, sig: signal.Signals, done: int,
     assert step >= done, f"{why}: stopped at step {step}, before the steps already done"
     # the second signal was ignored (the exit status says so): it lands during the save (and says so) or,
     # on a fast machine, after it, while the process exits; test_run_dir_safety checks the message itself
-    from minimodel.checkpoint import verify_checkpoint
+    from minimodel.train.checkpoint import verify_checkpoint
 
     assert verify_checkpoint(run_dir / "checkpoints" / f"step_{step}")["step"] == step, why
     assert not (run_dir / "final").exists() and not partial_checkpoints(run_dir), why

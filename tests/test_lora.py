@@ -6,16 +6,17 @@ import pytest
 import sentencepiece as spm
 import torch
 
-from minimodel.loading import CausalLM, shape_of_hf_config, load
+from minimodel.models.causal_lm import CausalLM, shape_of_hf_config
+from minimodel.models.loading import load
 from minimodel.config import DEFAULT_LORA_TARGETS
-from minimodel.data import TokenShards, TrainStream
-from minimodel.errors import UserError
-from minimodel.lora import (TrainableView, apply_lora, embedding_weights, merge, save_adapter)
-from minimodel.model import MiniModel
-from minimodel.optim import build_optimizers
+from minimodel.data.windows import TokenShards, TrainStream
+from minimodel.common.errors import UserError
+from minimodel.models.lora import TrainableView, apply_lora, embedding_weights, merge, save_adapter
+from minimodel.nn.model import MiniModel
+from minimodel.train.optim import build_optimizers
 from minimodel.config import OptimConfig
-from minimodel.stage import save_merged
-from minimodel.vocab_resize import decompositions, resize_vocab
+from minimodel.stages.on_base import save_merged
+from minimodel.models.vocab_resize import decompositions, resize_vocab
 from test_cpt_fixtures import bilingual, tiny_model_config  # noqa: F401
 
 

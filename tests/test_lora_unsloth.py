@@ -21,7 +21,7 @@ pytestmark = [
 def test_unsloth_cpt_trains_and_merges(bilingual, tmp_path):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from minimodel.loading import load
+    from minimodel.models.loading import load
     from minimodel.cpt import run
 
     base = tmp_path / "qwen3"

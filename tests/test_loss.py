@@ -3,8 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minimodel import loss as loss_mod
-from minimodel.loss import cross_entropy
+from minimodel.nn import loss as loss_mod
+from minimodel.nn.loss import cross_entropy
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

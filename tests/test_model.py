@@ -3,9 +3,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from minimodel.generate import filter_logits, generate
-from minimodel.hf_convert import to_hf_config
-from minimodel.model import MiniModel, model_config_from
+from minimodel.nn.generate import filter_logits, generate
+from minimodel.models.hf_convert import to_hf_config
+from minimodel.nn.model import MiniModel, model_config_from
 
 
 @pytest.mark.parametrize("qk_norm,hf_class", [(True, "Qwen3ForCausalLM"), (False, "LlamaForCausalLM")])
@@ -88,7 +88,7 @@ def test_generation_stops_at_eos():
 
 
 def test_inverse_transform_sampling_follows_the_distribution_and_skips_zero_mass():
-    from minimodel.generate import sample
+    from minimodel.nn.generate import sample
 
     probs = torch.tensor([[0.0, 0.7, 0.0, 0.3]]).repeat(20000, 1)
     ids = sample(probs, torch.Generator().manual_seed(0))

@@ -10,12 +10,12 @@ import torch.nn as nn
 from safetensors.torch import load_file
 
 from conftest import tiny_overrides
-from minimodel.checkpoint import latest_checkpoint
+from minimodel.train.checkpoint import latest_checkpoint
 from minimodel.config import load_config
-from minimodel.model import MLP, MiniModel, model_config_from
-from minimodel.numerics import NumericalFault, SpikeDetector, diagnose
+from minimodel.nn.model import MLP, MiniModel, model_config_from
+from minimodel.train.numerics import NumericalFault, SpikeDetector, diagnose
 from minimodel.pretrain import run
-from minimodel.tracking import read_metrics
+from minimodel.train.tracking import read_metrics
 
 
 class FaultInjector:
@@ -178,7 +178,7 @@ def test_a_gradient_only_fault_is_named_after_clipping_would_have_hidden_it(engl
 def test_weights_gone_non_finite_are_never_saved_over_good_ones(english_set, tmp_path, monkeypatch):
     """An optimizer step that breaks the weights (here: injected after step 6) must not replace the
     good checkpoints: the run stops, and resuming starts from the last good one."""
-    from minimodel import trainer
+    from minimodel.train import trainer
 
     real_save = trainer.save_checkpoint
     out = tmp_path / "run"
@@ -202,7 +202,7 @@ def test_weights_gone_non_finite_are_never_saved_over_good_ones(english_set, tmp
 
 
 def test_rewind_drops_redone_rows_and_a_torn_line(tmp_path):
-    from minimodel.tracking import Tracker
+    from minimodel.train.tracking import Tracker
 
     (tmp_path / "metrics.jsonl").write_text('{"step": 0, "val_loss": 7.0}\n{"step": 5, "loss": 6.0}\n'
                                             '{"step": 10, "loss": 5.0}\n{"step": 1')

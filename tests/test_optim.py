@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from minimodel.config import OptimConfig
-from minimodel.model import MiniModel, model_config_from
-from minimodel.optim import assert_coverage, build_optimizers, lr_multiplier
+from minimodel.nn.model import MiniModel, model_config_from
+from minimodel.train.optim import assert_coverage, build_optimizers, lr_multiplier
 
 
 @pytest.mark.parametrize("tied", [True, False])

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from minimodel.config import load_config
-from minimodel.errors import UserError
-from minimodel.flops import flops_per_token
-from minimodel.model import MiniModel, model_config_from
+from minimodel.common.errors import UserError
+from minimodel.nn.flops import flops_per_token
+from minimodel.nn.model import MiniModel, model_config_from
 from scripts import plan
 from scripts.gpus import GPUS, get_gpu
 

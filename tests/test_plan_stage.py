@@ -8,8 +8,8 @@ import pytest
 
 from conftest import ROOT
 from minimodel.config import CptConfig, load_config
-from minimodel.errors import UserError
-from minimodel.model import MiniModel, model_config_from
+from minimodel.common.errors import UserError
+from minimodel.nn.model import MiniModel, model_config_from
 from scripts.plan import estimate
 from scripts.plan_stage import base_model_config, lora_params
 
@@ -89,7 +89,7 @@ def test_plan_recipes_touch_nothing(tiny_run, tmp_path):
 def test_a_base_that_is_not_there_is_named_at_once(tmp_path, monkeypatch):
     """A local path that does not exist yet, or a hub id with the hub offline: 'base not found
     locally', without asking the hub (the no_network fixture would turn any attempt into another error)."""
-    from minimodel.loading import resolve
+    from minimodel.models.loading import resolve
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     (tmp_path / "runs").mkdir()

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import tiny_overrides
 from minimodel.config import load_config
-from minimodel.errors import UserError
+from minimodel.common.errors import UserError
 from minimodel.pretrain import run
 
 Usage = namedtuple("Usage", "total used free")

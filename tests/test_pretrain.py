@@ -11,12 +11,12 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT, read_docs, tiny_overrides
-from minimodel.checkpoint import load_model_weights
+from minimodel.nn.weights import load_model_weights
 from minimodel.config import load_config
-from minimodel.errors import UserError
-from minimodel.model import MiniModel, model_config_from
+from minimodel.common.errors import UserError
+from minimodel.nn.model import MiniModel, model_config_from
 from minimodel.pretrain import run
-from minimodel.tracking import read_metrics
+from minimodel.train.tracking import read_metrics
 
 
 def cli(*args, timeout=300):

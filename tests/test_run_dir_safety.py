@@ -13,9 +13,9 @@ import pytest
 
 from conftest import ROOT, tiny_overrides
 from minimodel.config import load_config
-from minimodel.errors import UserError
+from minimodel.common.errors import UserError
 from minimodel.pretrain import run
-from minimodel.tracking import read_metrics
+from minimodel.train.tracking import read_metrics
 
 SHORT = {"train.steps": 6, "train.ckpt_every": 3, "train.eval_every": 6, "train.log_every": 1}
 
@@ -97,18 +97,18 @@ def test_ctrl_c_finishes_the_step_under_way_and_resumes_bitwise(english_set, tmp
     import torch
     from safetensors.torch import load_file
 
-    import minimodel.trainer
+    import minimodel.train.trainer
 
     steps = {**SHORT, "train.steps": 8, "train.ckpt_every": 3}
     run(load_config(None, tiny_overrides(english_set, tmp_path / "straight", **steps)))
-    real, calls = minimodel.trainer.set_lr, []
+    real, calls = minimodel.train.trainer.set_lr, []
 
     def set_lr(*args):  # called once at the start of each step
         calls.append(1)
         if len(calls) == 5:
             os.kill(os.getpid(), signal.SIGINT)
         return real(*args)
-    monkeypatch.setattr(minimodel.trainer, "set_lr", set_lr)
+    monkeypatch.setattr(minimodel.train.trainer, "set_lr", set_lr)
     out = tmp_path / "stopped"
     cfg = load_config(None, tiny_overrides(english_set, out, **steps))
     with pytest.raises(SystemExit) as e:

@@ -8,11 +8,12 @@ import torch.nn.functional as F
 
 from conftest import read_docs
 from data_prep.sft import prepare_sft, read_sft
-from minimodel.loading import load
+from minimodel.models.loading import load
 from minimodel.config import CptConfig, StageConfig, load_config
-from minimodel.errors import UserError
-from minimodel.sft import SFTExamples, run
-from minimodel.tracking import read_metrics
+from minimodel.common.errors import UserError
+from minimodel.data.windows import SFTExamples
+from minimodel.sft import run
+from minimodel.train.tracking import read_metrics
 from test_cpt_fixtures import bilingual, stage_overrides  # noqa: F401
 
 

@@ -1,0 +1,64 @@
+"""The one model loader: the stages, eval, export and the report name a model the same way
+and get the same object back.
+
+    spec                          resolves to
+    runs/core                     a run directory: its final/; without final/, its adapter/ on its base
+    runs/core/final               a native export (minimodel.json + model.safetensors): MiniModel
+    runs/core/checkpoints/step_N  a pretraining checkpoint (shape from the run's config.toml): MiniModel
+    some/hf_dir                   config.json + safetensors: transformers' AutoModelForCausalLM
+    model-Q8_0.gguf               converted once into a safetensors directory (minimodel.models.gguf), then as above
+    org/name                      a hub id: a snapshot of its config, weights and tokenizer files
+    some/adapter_dir              adapter_config.json: its base + the adapter, with the embeddings and
+                                  vocabulary the adapter was trained with (minimodel.models.lora)
+
+`load(spec)` returns a `CausalLM`: the trainer's calling convention (`model(ids, targets,
+reduction=...)`), evaluation's (`logits(ids)`, `tokenizer`, `context`), and where it came from
+(`source`). `trust_remote_code` stays off unless the caller asks.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from minimodel.common.errors import UserError, error_gist
+
+
+def local_path_missing(spec) -> str | None:
+    """Why an org/name-shaped spec is a local path that is not there, so asking the hub (which retries
+    for half a minute offline) would only blame the hub: its parent directory exists here
+    (runs/core_104m beside an existing runs/). None when it may well be a hub id."""
+    parent = Path(str(spec)).parent
+    return f"{parent}/ exists here, so it names a local path, not a hub id" if parent.is_dir() else None
+
+
+def hub_snapshot(repo_id: str, revision: str | None = None, tokenizer_only: bool = False) -> Path:
+    """A local snapshot of a hub model: config, safetensors weights and tokenizer files only (or, with
+    tokenizer_only, the tokenizer's files and config.json: what data preparation needs)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    if why := local_path_missing(repo_id):
+        raise UserError(f"model not found locally: {repo_id} ({why}); train or copy it there first, or name "
+                        "an existing directory")
+    files = ["*.json", "tokenizer.model", "*.tiktoken", "*.txt", "*.jinja"]
+    try:
+        return Path(snapshot_download(repo_id, revision=revision,
+                                      allow_patterns=files if tokenizer_only else [*files, "*.safetensors"]))
+    except RepositoryNotFoundError:
+        raise UserError(f"hub model {repo_id} does not exist (or is gated: log in with `hf auth login`)") from None
+    except LocalEntryNotFoundError:
+        raise UserError(f"hub model {repo_id} is not in the local cache and the hub is offline "
+                        "(HF_HUB_OFFLINE=1); download it once online or give a local directory") from None
+    except (HfHubHTTPError, OSError) as e:
+        raise UserError(f"cannot fetch hub model {repo_id}: {error_gist(e)}") from None
+import re
+
+
+def is_hub_id(spec) -> bool:
+    """`org/name` that is not a local path: what the hub is asked for."""
+    text = str(spec)
+    return (not Path(text).exists() and not text.startswith((".", "/", "~"))
+            and re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text) is not None)

@@ -1,0 +1,130 @@
+"""The one stage lifecycle. Pretraining (pretrain.py), continued pretraining (cpt.py) and SFT
+(sft.py) differ only in how they build their data and their model (a `Stage`); the rest is
+written once, here: the same-run check, seeding, optimizers, the preflight, config.toml with
+provenance, the tracker, the shared training loop (trainer.py), the final export, the summary.
+
+Run directory: config.toml (resolved config + [run] provenance), metrics.jsonl,
+checkpoints/step_N/ (adapter stages: trainable tensors only; the base is reloaded from its
+source on resume), final/ (Hugging Face format; minimodel.json too for a native model, so a
+stage's result is the next stage's base) and, for LoRA stages, adapter/.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable
+
+import torch.nn as nn
+
+from minimodel.common.errors import UserError
+from minimodel.common.io import atomic_dir
+from minimodel.config import StageConfig
+from minimodel.data.format import read_manifest
+from minimodel.data.windows import StageData
+from minimodel.stages.lifecycle import Built
+
+
+def adapter_model(cfg: StageConfig, data: StageData, stage: str, on_base: Callable | None = None) -> Built:
+    """The base (resized when the data's tokenizer extends it), wrapped in LoRA or unfrozen whole.
+    `on_base(lm)` sees the base as loaded, before any change (generated replay samples from it)."""
+    from minimodel.models.loading import load
+    from minimodel.models.lora import (
+        TrainableView,
+        apply_lora,
+        apply_unsloth_lora,
+        full_finetune,
+    )
+    from minimodel.tokenizers.tokenizer import tokenizer_relation
+
+    lc = cfg.lora
+    lm = load(cfg.base.path, trust_remote_code=cfg.base.trust_remote_code, backend=(
+        "unsloth" if lc.backend == "unsloth" else "transformers"), max_seq_len=cfg.data.seq_len,
+        load_in_4bit=lc.load_in_4bit)
+    if on_base is not None:
+        on_base(lm)
+    base_tokenizer = lm.tokenizer
+    info = {"base": cfg.base.path, "base_kind": lm.kind,
+            "tokenizer": tokenizer_relation(base_tokenizer, data.tokenizer, cfg.base.path)}
+    if lm.config.max_seq_len < cfg.data.seq_len:
+        raise UserError(f"data.seq_len={cfg.data.seq_len} exceeds the base's context of "
+                        f"{lm.config.max_seq_len} tokens; lower data.seq_len")
+    extended = info["tokenizer"] == "extended"
+    if extended:
+        from minimodel.models.vocab_resize import resize_vocab
+
+        resized = resize_vocab(lm.core(), base_tokenizer, data.tokenizer)
+        lm.refresh_config()
+        info.update({f"vocab_{k}": v for k, v in resized.items()})
+    if not lc.enabled:
+        full_finetune(lm)
+    elif lc.backend == "unsloth":
+        apply_unsloth_lora(lm, lc, cfg.train.seed)
+    else:
+        apply_lora(lm, lc.rank, lc.alpha, lc.dropout, lc.target_modules, lc.rslora, lc.train_embeddings)
+    view = TrainableView(lm)
+    info["trainable_params"] = sum(p.numel() for p in view.parameters())
+    info["params"] = lm.num_params()
+    embed_lr = cfg.optim.lr * lc.embedding_lr_mult
+    how = f"LoRA r={lc.rank} ({lc.backend})" if lc.enabled else "full fine-tuning"
+    summary = (f"{stage}: base {cfg.base.path} ({lm.kind}, {info['params'] / 1e6:.2f}M params, "
+               f"tokenizer {info['tokenizer']}), {how}, {info['trainable_params'] / 1e6:.3f}M trainable, "
+               f"lr {cfg.optim.lr:g} / embeddings {embed_lr:g}, {cfg.train.steps} steps")
+
+    def finish(run_dir: Path) -> dict:
+        from minimodel.models.lora import merge, save_adapter
+
+        out = {}
+        if lc.enabled:
+            save_adapter(lm, run_dir / "adapter", data.tokenizer,
+                         {"base": cfg.base.path, "trust_remote_code": cfg.base.trust_remote_code, "stage": stage,
+                          "backend": lc.backend}, save_embeddings=lc.train_embeddings or extended)
+            out["adapter"] = str(run_dir / "adapter")
+        source_dir = lm.source.path if lm.source else None
+        out["final"] = str(save_merged(merge(lm), lm.kind, run_dir / "final", data.tokenizer,
+                                       None if extended else source_dir))
+        return out
+
+    # A trained base reads text in a language it knows far better than a uniform guess (ln V nats); one
+    # nat worse than that on the replay set means the ids mean nothing to it: another tokenizer's data.
+    # (A new language may well start worse than uniform: an English core is confidently wrong on Korean.)
+    return Built(lm, view, info, summary, finish, embed_lr=embed_lr,
+                 vocab_fix="the data and the base disagree on the tokenizer",
+                 max_start_loss=math.log(lm.config.vocab_size) + 1.0)
+
+
+def check_same_tokenizer(data_dir: Path, other: Path, what: str) -> None:
+    a, b = read_manifest(data_dir), read_manifest(other)
+    if a["tokenizer"]["sha256"] != b["tokenizer"]["sha256"]:
+        raise UserError(f"{what} {other} was tokenised with another tokenizer than data.path {data_dir}: "
+                        f"prepare it with {data_dir / a['tokenizer']['file']} (e.g. a data_prep.mixture of sets "
+                        "sharing one tokenizer, or the *_ext sets after vocabulary extension)")
+
+
+def set_name(data_dir: Path, taken: set) -> str:
+    """val_bpb_<name>: the set's language when the manifest has one, else its directory name."""
+    m = read_manifest(data_dir)
+    name = str(m.get("language") or data_dir.name)
+    if name in taken:
+        name = data_dir.name
+    i = 2
+    while name in taken:
+        name, i = f"{data_dir.name}_{i}", i + 1
+    taken.add(name)
+    return name
+
+
+def save_merged(core: nn.Module, kind: str, out_dir: Path, tokenizer: Path, tokenizer_files_from: Path | None) -> Path:
+    """A Hugging Face directory of the merged model, written atomically, with the data's tokenizer. A
+    native model goes through minimodel.export (verified reload, HF tokenizer files, minimodel.json);
+    a transformers model also keeps its base's tokenizer files when the vocabulary did not change."""
+    from minimodel.models.export import copy_tokenizer_files, export_model
+    from minimodel.tokenizers.tokenizer import copy_tokenizer, open_tokenizer
+
+    if kind == "native":
+        return export_model(core, tokenizer, out_dir)[0]
+    with atomic_dir(Path(out_dir)) as tmp:
+        core.save_pretrained(str(tmp))
+        copy_tokenizer(open_tokenizer(tokenizer), tmp)
+        if tokenizer_files_from is not None:
+            copy_tokenizer_files(tokenizer_files_from, tmp)
+    return Path(out_dir)
