@@ -28,9 +28,9 @@ import numpy as np
 from data_prep.clean import clean_text
 from data_prep.shards import command_line, token_dtype
 from data_prep.splits import is_heldout
-from minimodel.data.format import SFT_FORMAT, load_sft_split
 from minimodel.common.errors import UserError, cli_entry
 from minimodel.common.io import atomic_dir, write_bytes, write_json
+from minimodel.data.format import SFT_FORMAT, load_sft_split
 from minimodel.tokenizers.chat import CHAT_TOKENS
 from minimodel.tokenizers.tokenizer import copy_tokenizer, open_tokenizer
 

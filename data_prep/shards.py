@@ -24,9 +24,16 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from minimodel.data.format import SHARDS_FORMAT, build_manifest, manifest_problem, read_manifest, token_dtype, write_split
 from minimodel.common.errors import UserError
 from minimodel.common.io import atomic_dir, file_sha256, write_bytes, write_json
+from minimodel.data.format import (
+    SHARDS_FORMAT,
+    build_manifest,
+    manifest_problem,
+    read_manifest,
+    token_dtype,
+    write_split,
+)
 from minimodel.tokenizers.tokenizer import Tokenizer, open_tokenizer
 
 SHARD_TOKENS = 1 << 24  # ~32 MB per uint16 shard

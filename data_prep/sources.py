@@ -229,3 +229,18 @@ def take(docs: Iterable[Doc], max_docs: int | None) -> Iterator[Doc]:
         if max_docs is not None and i >= max_docs:
             return
         yield d
+
+
+def parse_input_spec(spec: str) -> tuple[str, str, float]:
+    """"lang=GLOB[:weight]" -> (lang, glob, weight)."""
+    lang, sep, rest = spec.partition("=")
+    if not sep or not lang or not rest:
+        raise UserError(f"--input {spec!r}: expected LANG=GLOB[:WEIGHT], e.g. ko=data/ko/*.jsonl:2")
+    glob_, weight = rest, 1.0
+    head, colon, tail = rest.rpartition(":")
+    if colon and head:
+        try:
+            glob_, weight = head, float(tail)
+        except ValueError:
+            pass
+    return lang, glob_, weight

@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from data_prep.clean import clean_text
+from data_prep.sources import parse_input_spec, read_files
 from minimodel.common.errors import cli_entry
 from minimodel.tokenizers.tokenizer import Tokenizer, open_tokenizer
 
@@ -48,10 +50,6 @@ def tokenizer_report(tokenizer, texts_by_lang: Mapping[str, Sequence[str]]) -> d
 
 def texts_by_language(specs: list[str], text_field: str) -> dict[str, list[str]]:
     """{language: cleaned texts} for LANG=GLOB specs (the --input of tok_report and vocab_ext)."""
-    from data_prep.clean import clean_text
-    from data_prep.sources import read_files
-    from data_prep.tokenizer import parse_input_spec
-
     out = {}
     for spec in specs:
         lang, pattern, _ = parse_input_spec(spec)

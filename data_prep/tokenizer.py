@@ -13,6 +13,9 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 import sentencepiece as spm
 
+from data_prep.clean import clean_text
+from data_prep.sources import parse_input_spec, read_files
+from data_prep.tok_report import tokenizer_report
 from minimodel.common.errors import UserError, cli_entry
 from minimodel.common.io import write_bytes
 from minimodel.tokenizers.chat import BOS_ID, CHAT_TOKENS, EOS_ID, PAD_ID, UNK_ID
@@ -118,25 +121,7 @@ def weighted_texts(texts_by_lang: Mapping[str, Sequence[str]], weights: Mapping[
     return out
 
 
-def parse_input_spec(spec: str) -> tuple[str, str, float]:
-    """"lang=GLOB[:weight]" -> (lang, glob, weight)."""
-    lang, sep, rest = spec.partition("=")
-    if not sep or not lang or not rest:
-        raise UserError(f"--input {spec!r}: expected LANG=GLOB[:WEIGHT], e.g. ko=data/ko/*.jsonl:2")
-    glob_, weight = rest, 1.0
-    head, colon, tail = rest.rpartition(":")
-    if colon and head:
-        try:
-            glob_, weight = head, float(tail)
-        except ValueError:
-            pass
-    return lang, glob_, weight
-
-
 def main(argv: list[str] | None = None) -> None:
-    from data_prep.sources import read_files
-    from data_prep.clean import clean_text
-    from data_prep.tok_report import tokenizer_report
     p = argparse.ArgumentParser(prog="python -m data_prep.tokenizer", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="output .model path")
     p.add_argument("--input", action="append", required=True, help="LANG=GLOB[:WEIGHT] (repeatable)")

@@ -12,19 +12,19 @@ decay); see scripts/ablation_summary.py for what summary.json holds.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import contextlib
+import dataclasses
 import io
-import os
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from minimodel.config import load_config
 from minimodel.common.distributed import cleanup, init_distributed
 from minimodel.common.errors import UserError, cli_entry
-from scripts.ablation_summary import summarize
+from minimodel.config import load_config
+from scripts.ablation_summary import final_val_loss, run_name, summarize
 
 ARMS = {  # name -> (optimizer, qk_norm)
     "adamw": ("adamw", False),
@@ -74,10 +74,6 @@ PRESETS = {
 }
 
 
-def run_name(arm: str, lr: float, seed: int) -> str:
-    return f"{arm}/lr{lr:g}_seed{seed}"
-
-
 def arm_overrides(arm: str, lr: float, seed: int) -> dict:
     optim, qk = ARMS[arm]
     ov = {"optim.name": optim, "model.qk_norm": qk, "optim.lr": lr, "train.seed": seed}
@@ -111,7 +107,6 @@ def train_one(out: Path, name: str, overrides: dict, quiet: bool) -> Path:
 
 
 def best_lr(out: Path, arm: str, lrs: list[float]) -> float:
-    from scripts.ablation_summary import final_val_loss
 
     losses = {lr: final_val_loss(out / "runs" / run_name(arm, lr, 0)) for lr in lrs}
     return min(losses, key=lambda lr: losses[lr])

@@ -60,9 +60,11 @@ def _std(xs: list[float]) -> float:
     return statistics.stdev(xs) if len(xs) > 1 else 0.0
 
 
-def summarize(out: Path, plan: dict, write: bool = True) -> dict:
-    from scripts.ablation import run_name
+def run_name(arm: str, lr: float, seed: int) -> str:
+    return f"{arm}/lr{lr:g}_seed{seed}"
 
+
+def summarize(out: Path, plan: dict, write: bool = True) -> dict:
     runs = out / "runs"
     arms = {}
     for arm in plan["arms"]:

@@ -46,9 +46,9 @@ def full_bpb(lm, set_dir: Path, seq_len: int) -> float:
 
 
 def main(argv=None):
-    from minimodel.models.loading import load
     from minimodel.config import CptConfig, load_config
     from minimodel.cpt import run as cpt
+    from minimodel.models.loading import load
     from minimodel.pretrain import run as pretrain
     from minimodel.train.tracking import read_metrics
 

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from minimodel.config import OptimConfig
-from minimodel.nn.flops import device_peak_flops, flops_per_token
 from minimodel.models.hf_convert import to_hf_config
+from minimodel.nn.flops import device_peak_flops, flops_per_token
 from minimodel.nn.model import MiniModel, model_config_from
 from minimodel.train.optim import build_optimizers
 from minimodel.train.rundir import device_description

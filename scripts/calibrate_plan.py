@@ -23,10 +23,10 @@ import statistics
 import sys
 from pathlib import Path
 
-from minimodel.train.checkpoint import latest_checkpoint
-from minimodel.config import read_run_config
 from minimodel.common.errors import UserError, cli_entry
+from minimodel.config import read_run_config
 from minimodel.nn.flops import CPU_PEAK_FLOPS, PEAK_BF16_FLOPS
+from minimodel.train.checkpoint import latest_checkpoint
 from minimodel.train.tracking import read_metrics
 from scripts.gpus import GPUS
 from scripts.plan import estimate

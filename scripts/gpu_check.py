@@ -34,7 +34,8 @@ from typing import Callable
 import torch
 
 from minimodel.common.errors import UserError, cli_entry
-from scripts import gpu_lora, gpu_sections as S
+from scripts import gpu_lora
+from scripts import gpu_sections as S
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "docs" / "gpu"

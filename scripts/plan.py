@@ -25,13 +25,13 @@ from dataclasses import dataclass
 
 import torch
 
-from minimodel.config import RunConfig, config_class, load_config
-from minimodel.common.io import read_toml
 from minimodel.common.errors import UserError, cli_entry
+from minimodel.common.io import read_toml
+from minimodel.config import RunConfig, config_class, load_config
 from minimodel.nn.flops import flops_per_token
 from minimodel.nn.model import MiniModel, ModelConfig
 from minimodel.train.optim import split_params
-from scripts.gpus import GPUS, GPU, PRICES_AS_OF, get_gpu
+from scripts.gpus import GPU, GPUS, PRICES_AS_OF, get_gpu
 from scripts.plan_stage import base_model_config, stage_numbers
 
 GIB = 2 ** 30
