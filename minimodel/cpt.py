@@ -20,13 +20,16 @@ from pathlib import Path
 
 from minimodel.common.distributed import DistInfo, barrier
 from minimodel.config import CptConfig
-from minimodel.data.replay import ReplayStream
-from minimodel.data.windows import StageData, TokenShards, TrainStream
+from minimodel.data.format import read_manifest
+from minimodel.data.stage_data import StageData, tokenizer_of
+from minimodel.data.windows import TokenShards
 from minimodel.forgetting.anchor import FisherAnchor, estimate_fisher
 from minimodel.forgetting.dream import DreamSettings, check_settings, write_dream_set
 from minimodel.forgetting.guard import ForgettingGuard
+from minimodel.models.causal_lm import CausalLM
 from minimodel.stages.lifecycle import Built, stage_entry
-from minimodel.stages.on_base import adapter_model, check_same_tokenizer, set_name
+from minimodel.stages.on_base import adapt, check_same_tokenizer, load_base, set_name
+from minimodel.tokenizers.tokenizer import Tokenizer
 
 
 class ContinuedPretraining:
@@ -38,63 +41,55 @@ class ContinuedPretraining:
         val = TokenShards(data_dir, cfg.data.val_split, cfg.data.seq_len)
         taken: set = set()
         val_name = set_name(data_dir, taken)
-        extra_val, replay = {}, {}
-        self.dream, self.dist, self.replay = None, dist, replay
+        extra_val, replay = {}, None
         if cfg.replay.source == "generated":  # the base writes it in model(), before the first step
-            self.dream = (dream_settings(cfg), dream_dir(cfg), replay)
-            check_settings(*self.dream[:2])  # bad prefixes, or another set in the way: now, before any work
+            check_settings(dream_settings(cfg), dream_dir(cfg))  # bad prompts, another set in the way: now
         elif cfg.replay.path:
             replay_dir = Path(cfg.replay.path)
             check_same_tokenizer(data_dir, replay_dir, "replay set")
-            replay["set"] = TokenShards(replay_dir, cfg.data.train_split, cfg.data.seq_len)
+            replay = TokenShards(replay_dir, cfg.data.train_split, cfg.data.seq_len)
             extra_val[set_name(replay_dir, taken)] = TokenShards(replay_dir, cfg.replay.val_split, cfg.data.seq_len)
         for extra in cfg.eval.sets:
             check_same_tokenizer(data_dir, Path(extra), "eval set")
             extra_val[set_name(Path(extra), taken)] = TokenShards(extra, cfg.data.val_split, cfg.data.seq_len)
-
-        def stream(position: int):
-            if replay and cfg.replay.ratio > 0:
-                return ReplayStream(train, replay["set"], cfg.replay.ratio, cfg.train.seed,
-                                    dist.rank, dist.world_size, position, mark_rows=cfg.replay.distill > 0)
-            return TrainStream(train, cfg.train.seed, dist.rank, dist.world_size, position)
-
         # the replay set (the base's own language) guards against data from another tokenizer
-        known = tuple(extra_val)[:1] if "set" in replay else ()
-        return StageData(train, val, data_dir / train.manifest["tokenizer"]["file"], stream, extra_val, val_name,
-                         known)
+        known = tuple(extra_val)[:1] if replay is not None else ()
+        return StageData(train, val, tokenizer_of(train), extra_val, val_name, known, replay=replay,
+                         replay_ratio=cfg.replay.ratio, mark_replay_rows=cfg.replay.distill > 0)
 
-    def model(self, cfg: CptConfig, data: StageData) -> Built:
-        dreamed = {}
-
-        def dream(lm) -> None:  # the base as loaded: before any resize or adapter
-            settings, out_dir, replay = self.dream
-            if self.dist.is_main:
-                if lm.device != self.dist.device:
-                    lm.to(self.dist.device)
-                dreamed.update(write_dream_set(lm, settings, out_dir, data.tokenizer,
-                                               progress=cfg.train.progress))
-            barrier(self.dist)
-            replay["set"] = TokenShards(out_dir, "train", cfg.data.seq_len)
-            if not dreamed:
-                dreamed.update(replay["set"].manifest)
-
-        built = adapter_model(cfg, data, self.name, on_base=dream if self.dream else None)
-        if dreamed:
+    def model(self, cfg: CptConfig, data: StageData, dist: DistInfo) -> Built:
+        lm = load_base(cfg)
+        dreamed = None
+        if cfg.replay.source == "generated":  # the base as loaded: before any resize or adapter
+            dreamed = generate_replay(cfg, lm, data.tokenizer, dist)
+            data.replay = TokenShards(dream_dir(cfg), "train", cfg.data.seq_len)
+        built = adapt(cfg, lm, data, self.name)
+        if dreamed is not None:
             gen = dreamed["generation"]
             built.info.update(dream_tokens=dreamed["splits"]["train"]["tokens"], dream_seconds=gen["seconds"])
             built.summary += (f", generated replay: {built.info['dream_tokens']} tokens by the base "
-                              f"({gen['seconds']:.1f} s) in {self.dream[1]}")
+                              f"({gen['seconds']:.1f} s) in {dream_dir(cfg)}")
         rc = cfg.replay
         if rc.distill > 0 or rc.anchor > 0:
             anchor = None
             if rc.anchor > 0:  # at the base, before any checkpoint is loaded; on the device that trains
-                lm = built.model.to(self.dist.device)
-                anchor = FisherAnchor(lm, estimate_fisher(lm, self.replay["set"], rc.fisher_windows), rc.anchor)
+                lm = built.model.to(dist.device)
+                anchor = FisherAnchor(lm, estimate_fisher(lm, data.replay, rc.fisher_windows), rc.anchor)
                 built.summary += f", Fisher anchor (weight {rc.anchor:g}, {rc.fisher_windows} replay windows)"
             if rc.distill > 0:
                 built.summary += f", distillation on replay windows (weight {rc.distill:g})"
             built.model = ForgettingGuard(built.model, rc.distill, lora=cfg.lora.enabled, anchor=anchor)
         return built
+
+
+def generate_replay(cfg: CptConfig, lm: CausalLM, tokenizer: Tokenizer, dist: DistInfo) -> dict:
+    """The base writes the replay set (rank 0; the other ranks wait for it); its manifest."""
+    out_dir = dream_dir(cfg)
+    if dist.is_main:
+        lm.to(dist.device)
+        write_dream_set(lm, dream_settings(cfg), out_dir, tokenizer, progress=cfg.train.progress)
+    barrier(dist)
+    return read_manifest(out_dir)
 
 
 def dream_dir(cfg: CptConfig) -> Path:

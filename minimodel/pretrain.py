@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from minimodel.common.distributed import DistInfo
 from minimodel.config import RunConfig
-from minimodel.data.windows import StageData, TokenShards, TrainStream
+from minimodel.data.stage_data import StageData, tokenizer_of
+from minimodel.data.windows import TokenShards
 from minimodel.models.export import export_final
 from minimodel.nn.model import MiniModel
 from minimodel.stages.lifecycle import Built, stage_entry
@@ -22,10 +23,9 @@ class Pretrain:
     def data(self, cfg: RunConfig, dist: DistInfo) -> StageData:
         train = TokenShards(cfg.data.path, cfg.data.train_split, cfg.data.seq_len)
         val = TokenShards(cfg.data.path, cfg.data.val_split, cfg.data.seq_len)
-        return StageData(train, val, train.data_dir / train.manifest["tokenizer"]["file"],
-                         lambda position: TrainStream(train, cfg.train.seed, dist.rank, dist.world_size, position))
+        return StageData(train, val, tokenizer_of(train))
 
-    def model(self, cfg: RunConfig, data: StageData) -> Built:
+    def model(self, cfg: RunConfig, data: StageData, dist: DistInfo) -> Built:
         model = MiniModel(cfg.model_config())
         summary = (f"model: {model.num_params() / 1e6:.2f}M params "
                    f"({'QK-norm' if model.config.qk_norm else 'no QK-norm'}), optimizer: {cfg.optim.name}, "

@@ -17,9 +17,10 @@ from pathlib import Path
 from minimodel.common.distributed import DistInfo
 from minimodel.common.errors import UserError
 from minimodel.config import StageConfig
-from minimodel.data.windows import SFTExamples, StageData, TokenShards, TrainStream
+from minimodel.data.stage_data import StageData, tokenizer_of
+from minimodel.data.windows import SFTExamples, TokenShards
 from minimodel.stages.lifecycle import Built, stage_entry
-from minimodel.stages.on_base import adapter_model, set_name
+from minimodel.stages.on_base import adapt, load_base, set_name
 
 
 class InstructionSFT:
@@ -38,12 +39,10 @@ class InstructionSFT:
             if shards.manifest["tokenizer"]["sha256"] != train.manifest["tokenizer"]["sha256"]:
                 raise UserError(f"eval set {extra} was tokenised with another tokenizer than the SFT set {data_dir}")
             extra_val[set_name(Path(extra), taken)] = shards
-        return StageData(train, val, data_dir / train.manifest["tokenizer"]["file"],
-                         lambda position: TrainStream(train, cfg.train.seed, dist.rank, dist.world_size, position),
-                         extra_val, "sft")
+        return StageData(train, val, tokenizer_of(train), extra_val, "sft")
 
-    def model(self, cfg: StageConfig, data: StageData) -> Built:
-        return adapter_model(cfg, data, self.name)
+    def model(self, cfg: StageConfig, data: StageData, dist: DistInfo) -> Built:
+        return adapt(cfg, load_base(cfg), data, self.name)
 
 
 run, main = stage_entry(InstructionSFT(), StageConfig, __doc__, "recipes/configs/sft_*.toml",

@@ -9,14 +9,14 @@ with another world size.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from minimodel.common.errors import UserError
+from minimodel.tokenizers.tokenizer import Tokenizer, open_tokenizer
 
 
 class Windows(Protocol):
@@ -38,21 +38,6 @@ class Stream(Protocol):
 
     def next_batch(self, micro_batch: int) -> tuple[torch.Tensor, torch.Tensor]: ...
     def epoch(self) -> float: ...
-
-
-@dataclass
-class StageData:
-    """A stage's data: what it trains on, what it validates on, and the tokenizer of both."""
-    train: Windows
-    val: Windows
-    tokenizer: Path                               # the data's sentencepiece model
-    stream: Callable[[int], Stream]               # position -> the training stream from there
-    extra_val: dict[str, Windows] = field(default_factory=dict)  # logged as val_bpb_<name>
-    val_name: str | None = None                   # val's metrics are also logged as val_bpb_<val_name>
-    known_sets: tuple[str, ...] = ()              # extra_val sets in a language the base already knows
-
-    def all_sets(self) -> list[Windows]:
-        return [self.train, self.val, *self.extra_val.values()]
 
 
 class TokenShards:
@@ -145,11 +130,10 @@ def val_window_ids(shards: TokenShards, n_batches: int, micro_batch: int, rank: 
     return [mine[i:i + micro_batch].tolist() for i in range(0, len(mine), micro_batch)]
 
 
-def token_byte_lengths(tokenizer_path: str | Path, vocab_size: int) -> torch.Tensor:
+def token_byte_lengths(tokenizer: Tokenizer | str | Path, vocab_size: int) -> torch.Tensor:
     """UTF-8 bytes each token id stands for (0 for control tokens), for bits per byte."""
-    from minimodel.tokenizers.tokenizer import open_tokenizer
+    return open_tokenizer(tokenizer).token_bytes(vocab_size)
 
-    return open_tokenizer(tokenizer_path).token_bytes(vocab_size)
 from minimodel.data.format import check_tokenizer, load_sft_split, read_manifest
 
 IGNORE = -100

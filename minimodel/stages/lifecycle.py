@@ -22,7 +22,7 @@ from minimodel.common.distributed import DistInfo, barrier, cleanup, init_distri
 from minimodel.common.errors import cli_entry
 from minimodel.common.io import write_text
 from minimodel.config import dump_toml, load_config
-from minimodel.data.windows import StageData, token_byte_lengths
+from minimodel.data.stage_data import StageData
 from minimodel.train.diskspace import run_bytes_needed, stop_when_full
 from minimodel.train.optim import build_optimizers
 from minimodel.train.rundir import (
@@ -54,7 +54,7 @@ class Stage(Protocol):
     name: str                           # "pretrain" | "cpt" | "sft": config.toml's [run] stage
 
     def data(self, cfg, dist: DistInfo) -> StageData: ...
-    def model(self, cfg, data: StageData) -> Built: ...
+    def model(self, cfg, data: StageData, dist: DistInfo) -> Built: ...
 
 
 def stage_entry(stage: Stage, config_class, doc: str, configs: str, example: str):
@@ -93,7 +93,7 @@ def run_stage(stage: Stage, cfg, exits_after: bool = False) -> dict:
         resolved = cfg.to_dict()
         check_same_run(run_dir, resolved)
         torch.manual_seed(cfg.train.seed)  # identical init (model, LoRA factors) on every rank
-        built = stage.model(cfg, data)
+        built = stage.model(cfg, data, dist)
         model = built.model.to(dist.device)
         vocab = model.config.vocab_size
         for windows in data.all_sets():
@@ -114,7 +114,7 @@ def run_stage(stage: Stage, cfg, exits_after: bool = False) -> dict:
         with StopSignals(ignore_on_exit=exits_after) as stop, stop_when_full(run_dir, need, "metrics.jsonl"):  # the checkpoints: trainer.py
             try:
                 state = train(Job(model, optimizers, cfg, dist, run_dir, data, tracker,
-                                  token_byte_lengths(data.tokenizer, vocab), built.trained, built.max_start_loss,
+                                  data.tokenizer.token_bytes(vocab), built.trained, built.max_start_loss,
                                   stop))
             finally:
                 tracker.close()

@@ -1,18 +1,11 @@
-"""The one stage lifecycle. Pretraining (pretrain.py), continued pretraining (cpt.py) and SFT
-(sft.py) differ only in how they build their data and their model (a `Stage`); the rest is
-written once, here: the same-run check, seeding, optimizers, the preflight, config.toml with
-provenance, the tracker, the shared training loop (trainer.py), the final export, the summary.
-
-Run directory: config.toml (resolved config + [run] provenance), metrics.jsonl,
-checkpoints/step_N/ (adapter stages: trainable tensors only; the base is reloaded from its
-source on resume), final/ (Hugging Face format; minimodel.json too for a native model, so a
-stage's result is the next stage's base) and, for LoRA stages, adapter/.
+"""Stages on a base (CPT, SFT): the base loaded, then adapted to the data (its vocabulary grown
+when the data's tokenizer extends it, then LoRA or full fine-tuning), and at the end the merged
+model (and the adapter) saved as the next stage's base.
 """
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Callable
 
 import torch.nn as nn
 
@@ -20,28 +13,34 @@ from minimodel.common.errors import UserError
 from minimodel.common.io import atomic_dir
 from minimodel.config import StageConfig
 from minimodel.data.format import read_manifest
-from minimodel.data.windows import StageData
+from minimodel.data.stage_data import StageData
+from minimodel.models.causal_lm import CausalLM
+from minimodel.models.export import copy_tokenizer_files, export_model
+from minimodel.models.loading import load
+from minimodel.models.lora import (
+    TrainableView,
+    apply_lora,
+    apply_unsloth_lora,
+    full_finetune,
+    merge,
+    save_adapter,
+)
+from minimodel.models.vocab_resize import resize_vocab
 from minimodel.stages.lifecycle import Built
+from minimodel.tokenizers.tokenizer import Tokenizer, copy_tokenizer, tokenizer_relation
 
 
-def adapter_model(cfg: StageConfig, data: StageData, stage: str, on_base: Callable | None = None) -> Built:
-    """The base (resized when the data's tokenizer extends it), wrapped in LoRA or unfrozen whole.
-    `on_base(lm)` sees the base as loaded, before any change (generated replay samples from it)."""
-    from minimodel.models.loading import load
-    from minimodel.models.lora import (
-        TrainableView,
-        apply_lora,
-        apply_unsloth_lora,
-        full_finetune,
-    )
-    from minimodel.tokenizers.tokenizer import tokenizer_relation
+def load_base(cfg: StageConfig) -> CausalLM:
+    """The stage's base (base.path) as trained, on the CPU."""
+    return load(cfg.base.path, trust_remote_code=cfg.base.trust_remote_code,
+                backend="unsloth" if cfg.lora.backend == "unsloth" else "transformers",
+                max_seq_len=cfg.data.seq_len, load_in_4bit=cfg.lora.load_in_4bit)
 
+
+def adapt(cfg: StageConfig, lm: CausalLM, data: StageData, stage: str) -> Built:
+    """The base made trainable on the data: resized when the data's tokenizer extends it, then
+    wrapped in LoRA (lora.enabled) or unfrozen whole (full fine-tuning)."""
     lc = cfg.lora
-    lm = load(cfg.base.path, trust_remote_code=cfg.base.trust_remote_code, backend=(
-        "unsloth" if lc.backend == "unsloth" else "transformers"), max_seq_len=cfg.data.seq_len,
-        load_in_4bit=lc.load_in_4bit)
-    if on_base is not None:
-        on_base(lm)
     base_tokenizer = lm.tokenizer
     info = {"base": cfg.base.path, "base_kind": lm.kind,
             "tokenizer": tokenizer_relation(base_tokenizer, data.tokenizer, cfg.base.path)}
@@ -50,8 +49,6 @@ def adapter_model(cfg: StageConfig, data: StageData, stage: str, on_base: Callab
                         f"{lm.config.max_seq_len} tokens; lower data.seq_len")
     extended = info["tokenizer"] == "extended"
     if extended:
-        from minimodel.models.vocab_resize import resize_vocab
-
         resized = resize_vocab(lm.core(), base_tokenizer, data.tokenizer)
         lm.refresh_config()
         info.update({f"vocab_{k}": v for k, v in resized.items()})
@@ -71,8 +68,6 @@ def adapter_model(cfg: StageConfig, data: StageData, stage: str, on_base: Callab
                f"lr {cfg.optim.lr:g} / embeddings {embed_lr:g}, {cfg.train.steps} steps")
 
     def finish(run_dir: Path) -> dict:
-        from minimodel.models.lora import merge, save_adapter
-
         out = {}
         if lc.enabled:
             save_adapter(lm, run_dir / "adapter", data.tokenizer,
@@ -113,18 +108,17 @@ def set_name(data_dir: Path, taken: set) -> str:
     return name
 
 
-def save_merged(core: nn.Module, kind: str, out_dir: Path, tokenizer: Path, tokenizer_files_from: Path | None) -> Path:
+def save_merged(core: nn.Module, kind: str, out_dir: Path, tokenizer: Tokenizer,
+                tokenizer_files_from: Path | None) -> Path:
     """A Hugging Face directory of the merged model, written atomically, with the data's tokenizer. A
-    native model goes through minimodel.export (verified reload, HF tokenizer files, minimodel.json);
-    a transformers model also keeps its base's tokenizer files when the vocabulary did not change."""
-    from minimodel.models.export import copy_tokenizer_files, export_model
-    from minimodel.tokenizers.tokenizer import copy_tokenizer, open_tokenizer
-
+    native model goes through minimodel.models.export (verified reload, HF tokenizer files,
+    minimodel.json); a transformers model also keeps its base's tokenizer files when the vocabulary
+    did not change."""
     if kind == "native":
         return export_model(core, tokenizer, out_dir)[0]
     with atomic_dir(Path(out_dir)) as tmp:
         core.save_pretrained(str(tmp))
-        copy_tokenizer(open_tokenizer(tokenizer), tmp)
+        copy_tokenizer(tokenizer, tmp)
         if tokenizer_files_from is not None:
             copy_tokenizer_files(tokenizer_files_from, tmp)
     return Path(out_dir)

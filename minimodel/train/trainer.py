@@ -18,7 +18,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from minimodel.common.distributed import DistInfo, all_reduce_sum, barrier
 from minimodel.common.errors import UserError
 from minimodel.config import Config
-from minimodel.data.windows import StageData, Windows, val_window_ids
+from minimodel.data.stage_data import StageData
+from minimodel.data.windows import Windows, val_window_ids
 from minimodel.nn.flops import device_peak_flops, flops_per_token
 from minimodel.train.checkpoint import load_checkpoint, resume_point, save_checkpoint
 from minimodel.train.diskspace import run_bytes_needed, stop_when_full
@@ -134,7 +135,7 @@ def train(job: Job) -> TrainState:
             spikes.load_state_dict(meta["spike_detector"])
         tracker.write(f"resumed from {path} (step {state.step})")
     tracker.rewind(state.step if found is not None else -1)  # rows of steps about to be redone go
-    stream = data.stream(state.position)
+    stream = data.stream(state.position, cfg.train.seed, dist.rank, dist.world_size)
 
     net: nn.Module = model
     if dist.enabled:
