@@ -19,9 +19,9 @@ import random
 import re
 import sys
 
+from eval.bpb import read_texts
 from minimodel.common.errors import UserError, cli_entry
 from minimodel.common.io import write_text
-from eval.bpb import read_texts
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 

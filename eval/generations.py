@@ -15,11 +15,17 @@ from pathlib import Path
 
 import torch
 
+from eval.models import (
+    load_model,
+    model_cli,
+    model_meta,
+    output_path,
+    small_model_threads,
+)
+from eval.repetition import repetition_score
 from minimodel.common.errors import UserError, cli_entry
 from minimodel.common.io import read_jsonl_objects, write_json
-from eval.models import load_model, model_cli, model_meta, output_path, small_model_threads
 from minimodel.models.causal_lm import CausalLM
-from eval.repetition import repetition_score
 
 DEFAULT_PROMPTS = Path(__file__).resolve().parent / "prompts" / "en_ko_2x2.jsonl"
 KINDS = ("encyclopedia", "instruction")
@@ -52,22 +58,9 @@ def prompt_ids(lm: CausalLM, rec: dict) -> list[int]:
 def continue_ids(lm: CausalLM, ids: list[int], max_new_tokens: int, temperature: float = 0.0,
                  top_p: float = 1.0, seed: int = 0, stop_ids: tuple[int, ...] = ()) -> list[int]:
     """New token ids after `ids`: greedy at temperature 0, else seeded nucleus sampling."""
-    prompt = torch.tensor([ids], device=lm.device)
-    gen = torch.Generator(device=lm.device).manual_seed(seed)
     eos = lm.tokenizer.eos_id
-    if lm.kind == "native":
-        from minimodel.nn.generate import generate
-
-        room = lm.net.config.max_seq_len - len(ids)
-        out = generate(lm.net, prompt, min(max_new_tokens, room), temperature=temperature,
-                       top_p=top_p, eos_id=eos, generator=gen)[0, len(ids):].tolist()
-    else:
-        torch.manual_seed(seed)  # transformers' sampling draws from the global generator
-        kw = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else \
-            dict(do_sample=False)
-        out = lm.net.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=max_new_tokens,
-                                 eos_token_id=eos, pad_token_id=eos if eos is not None else 0,
-                                 **kw)[0, len(ids):].tolist()
+    prompt = torch.tensor([ids], device=lm.device)
+    out = lm.sample(prompt, max_new_tokens, temperature, top_p, seed, eos)[0, len(ids):].tolist()
     stops = set(stop_ids) | ({eos} if eos is not None else set())
     for i, t in enumerate(out):  # cut at the first stop token
         if t in stops:

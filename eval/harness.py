@@ -23,8 +23,8 @@ from pathlib import Path
 
 import yaml
 
-from minimodel.common.errors import UserError, cli_entry
 from eval.models import model_cli
+from minimodel.common.errors import UserError, cli_entry
 from minimodel.common.io import write_json
 
 TASK_DIR = Path(__file__).resolve().parent / "tasks"

@@ -19,13 +19,25 @@ import statistics
 import sys
 from pathlib import Path
 
-from minimodel.common.errors import UserError, cli_entry
-from eval.forgetting import (LANGUAGES, backward_transfer, benchmark_deltas, forgetting_rows, language_of,
-                             verdict_bands)
+from eval.forgetting import (
+    LANGUAGES,
+    backward_transfer,
+    benchmark_deltas,
+    forgetting_rows,
+    language_of,
+    verdict_bands,
+)
 from eval.harness import chance_level
+from minimodel.common.errors import UserError, cli_entry
+from minimodel.common.io import (
+    atomic_dir,
+    read_json_object,
+    write_bytes,
+    write_json,
+    write_text,
+)
 from minimodel.config import RunConfig, read_run_config
 from minimodel.models.loading import model_shape
-from minimodel.common.io import atomic_dir, read_json_object, write_bytes, write_json, write_text
 
 DEFAULT_USD_PER_GPU_HOUR = 0.3  # an RTX 4090 on a rental market (DESIGN.md)
 

@@ -98,18 +98,7 @@ def _continue(lm, prompt: torch.Tensor, max_new: int, settings: DreamSettings, e
               seed: int) -> torch.Tensor:
     """(B, T) prompt -> (B, T + new) with the KV cache; seeded per batch, so the set does not depend
     on what ran before it in the process."""
-    if lm.kind == "native":
-        from minimodel.nn.generate import generate
-
-        gen = torch.Generator(device=prompt.device).manual_seed(seed)
-        return generate(lm.core(), prompt, max_new, temperature=settings.temperature, top_p=settings.top_p,
-                        eos_id=eos_id, generator=gen)
-    devices = [prompt.device] if prompt.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):  # transformers samples from the global generator
-        torch.manual_seed(seed)
-        return lm.net.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True, top_k=0,
-                               temperature=settings.temperature, top_p=settings.top_p, max_new_tokens=max_new,
-                               eos_token_id=eos_id, pad_token_id=eos_id if eos_id is not None else 0)
+    return lm.sample(prompt, max_new, settings.temperature, settings.top_p, seed, eos_id)
 
 
 def _document(row: list[int], prompt_len: int, tok: Tokenizer) -> list[int]:

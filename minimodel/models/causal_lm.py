@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from minimodel.common.errors import UserError
+from minimodel.nn.generate import generate
 from minimodel.nn.loss import cross_entropy
 from minimodel.nn.model import MiniModel, ModelConfig
 from minimodel.tokenizers.tokenizer import Tokenizer
@@ -98,6 +99,24 @@ class CausalLM(nn.Module):
         """Re-read the shape after the core changed (a vocabulary resize, a reload in another dtype)."""
         core = self.core()
         self.config = core.config if isinstance(core, MiniModel) else shape_of_hf_config(core.config)
+
+    @torch.no_grad()
+    def sample(self, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
+               seed: int = 0, eos_id: int | None = None) -> torch.Tensor:
+        """(B, T) prompt -> (B, T + new) with the KV cache: greedy at temperature 0, else nucleus
+        sampling seeded by `seed` alone (what ran before in the process does not matter)."""
+        if self.kind == "native":
+            room = self.config.max_seq_len - prompt.shape[1]
+            gen = torch.Generator(device=prompt.device).manual_seed(seed)
+            return generate(self.core(), prompt, min(max_new_tokens, room), temperature=temperature, top_p=top_p,
+                            eos_id=eos_id, generator=gen)
+        how = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else \
+            dict(do_sample=False)
+        devices = [prompt.device] if prompt.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # transformers samples from the global generator
+            torch.manual_seed(seed)
+            return self.net.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=max_new_tokens,
+                                     eos_token_id=eos_id, pad_token_id=eos_id if eos_id is not None else 0, **how)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # each shared tensor once

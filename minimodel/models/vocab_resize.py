@@ -31,8 +31,6 @@ def _without_dummy_prefix(tokenizer_path: Path):
 def decompositions(base_tok, new_tok) -> dict[int, list[int]]:
     """{new id: base ids its text encodes to} for every id the extended tokenizer added (either kind:
     sentencepiece files, or tokenizers opened with minimodel.tokenizers.tokenizer.open_tokenizer)."""
-    import sentencepiece as spm
-
     base, new = open_tokenizer(base_tok), open_tokenizer(new_tok)
     if base.kind == "hf":  # the base's BPE model spells the new token's characters (bytes) exactly
         model, unk = base.tok.backend_tokenizer.model, base.tok.unk_token_id
@@ -40,10 +38,9 @@ def decompositions(base_tok, new_tok) -> dict[int, list[int]]:
         return {i: [t.id for t in model.tokenize(token)] or [unk or 0]
                 for token, i in new.tok.get_vocab().items() if i not in old}
     plain = _without_dummy_prefix(base.path)
-    new_sp = spm.SentencePieceProcessor(model_file=str(new.path))
     out = {}
     for i in range(base.vocab_size, new.vocab_size):
-        text = new_sp.id_to_piece(i).replace("\u2581", " ")
+        text = new.sp.id_to_piece(i).replace("\u2581", " ")
         out[i] = plain.encode(text) or [plain.unk_id()]
     return out
 

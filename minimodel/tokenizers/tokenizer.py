@@ -267,26 +267,24 @@ def _check_agree(sp: SPTokenizer, hf: HFTokenizer) -> None:
                             "would read one and transformers the other; remove the one that does not belong to it")
 
 
-def tokenizer_relation(base_tok: Tokenizer | None, data_tok: Path, base_source: str) -> str:
+def tokenizer_relation(base_tok: Tokenizer | None, data_tok: Tokenizer, base_source: str) -> str:
     """"same" when the data was tokenised with the base's tokenizer (the file that fixes the ids is
     identical); "extended" when the data's tokenizer is the base's with tokens appended, every old id
     in place (data_prep.vocab_ext); UserError otherwise."""
     if base_tok is None or base_tok.sha256 is None:
         raise UserError(f"base {base_source} has no tokenizer file (tokenizer.model or tokenizer.json): cannot "
                         "check that the data was tokenised for it; copy the base's tokenizer files beside its weights")
-    if not Path(data_tok).is_file():
-        raise UserError(f"the data's tokenizer {data_tok} is missing; prepare the data again")
-    if base_tok.sha256 == file_sha256(data_tok):
+    if base_tok.sha256 == data_tok.sha256:
         return "same"
-    if isinstance(base_tok, SPTokenizer) and Path(data_tok).suffix == ".model":
-        b, d = base_tok.sp, load_tokenizer(data_tok)
+    if isinstance(base_tok, SPTokenizer) and isinstance(data_tok, SPTokenizer):
+        b, d = base_tok.sp, data_tok.sp
         nb, nd = b.get_piece_size(), d.get_piece_size()
         if nd > nb and all(b.id_to_piece(i) == d.id_to_piece(i) for i in range(nb)):
             return "extended"
-    if isinstance(base_tok, HFTokenizer) and Path(data_tok).suffix == ".json":
-        old, new = base_tok.tok.get_vocab(), HFTokenizer(Path(data_tok).parent).tok.get_vocab()
+    if isinstance(base_tok, HFTokenizer) and isinstance(data_tok, HFTokenizer):
+        old, new = base_tok.tok.get_vocab(), data_tok.tok.get_vocab()
         if len(new) > len(old) and all(new.get(t) == i for t, i in old.items()):
             return "extended"
-    raise UserError(f"the data's tokenizer {data_tok} does not match base {base_source} ({base_tok.file.name}): "
+    raise UserError(f"the data's tokenizer {data_tok.file} does not match base {base_source} ({base_tok.file.name}): "
                     f"tokenise the data with the base's tokenizer (python -m data_prep.prepare --tokenizer "
                     f"{base_tok.path}), or extend it with python -m data_prep.vocab_ext")
