@@ -1,17 +1,10 @@
-"""Generated ("dream") replay: the frozen base writes the original-language replay set itself.
-
-A user who adapts a downloaded base rarely has its pretraining data. The base's own samples stand
-in for it (self-synthesized rehearsal): before the first CPT step it samples documents with the KV
-cache, and they are written as an ordinary token-shard set (train split) whose manifest records the
-generator, the sampling settings, the seed, the token count, the wall time and a sample of the text.
-The same settings and seed give the same set, which is reused instead of sampled again; other
-settings in the same directory are refused. The set is written atomically: a killed generation
-leaves nothing behind and simply starts over.
+"""Generated ("dream") replay from the command line: the base writes a replay set itself.
 
     python -m minimodel.dream --base runs/quickstart/core --out data/dream_en --tokens 20000
 
-The ids are the sampled ids themselves (not decoded and re-encoded): what the base produced, so a
-distillation target on them is the base's distribution at exactly those contexts.
+A CPT run with replay.source = "generated" does the same before its first step; the set is an
+ordinary token-shard set (train split), reused when asked again with the same settings and seed
+(minimodel.forgetting.dream).
 """
 from __future__ import annotations
 

@@ -1,19 +1,5 @@
-"""The one model loader: the stages, eval, export and the report name a model the same way
-and get the same object back.
-
-    spec                          resolves to
-    runs/core                     a run directory: its final/; without final/, its adapter/ on its base
-    runs/core/final               a native export (minimodel.json + model.safetensors): MiniModel
-    runs/core/checkpoints/step_N  a pretraining checkpoint (shape from the run's config.toml): MiniModel
-    some/hf_dir                   config.json + safetensors: transformers' AutoModelForCausalLM
-    model-Q8_0.gguf               converted once into a safetensors directory (minimodel.models.gguf), then as above
-    org/name                      a hub id: a snapshot of its config, weights and tokenizer files
-    some/adapter_dir              adapter_config.json: its base + the adapter, with the embeddings and
-                                  vocabulary the adapter was trained with (minimodel.models.lora)
-
-`load(spec)` returns a `CausalLM`: the trainer's calling convention (`model(ids, targets,
-reduction=...)`), evaluation's (`logits(ids)`, `tokenizer`, `context`), and where it came from
-(`source`). `trust_remote_code` stays off unless the caller asks.
+"""The Hugging Face hub: what names a hub model (`is_hub_id`) and a local snapshot of one. Nothing
+else in the kit talks to the hub; tests and the quick start never reach it (HF_HUB_OFFLINE=1).
 """
 from __future__ import annotations
 

@@ -1,11 +1,6 @@
-"""Read prepared data sets for training and validation: token shards (written by
-data_prep/shards.py) and SFT sets (data_prep/sft.py). This reader owns their on-disk
-format: the format names and the manifest checks are here, and the writers import them.
-
-Batches are windows of seq_len+1 tokens. Each epoch visits every window once in
-an order fixed by (seed, epoch); global window k goes to rank k % world_size, so
-the stream depends only on how many windows were consumed: resume is exact, also
-with another world size.
+"""The on-disk format of prepared data sets: token shards (written by data_prep/shards.py) and SFT
+sets (data_prep/sft.py). This reader owns it: the format names, the manifest and its checks are
+here, and the writers import them.
 """
 from __future__ import annotations
 

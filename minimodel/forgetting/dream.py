@@ -6,9 +6,7 @@ cache, and they are written as an ordinary token-shard set (train split) whose m
 generator, the sampling settings, the seed, the token count, the wall time and a sample of the text.
 The same settings and seed give the same set, which is reused instead of sampled again; other
 settings in the same directory are refused. The set is written atomically: a killed generation
-leaves nothing behind and simply starts over.
-
-    python -m minimodel.dream --base runs/quickstart/core --out data/dream_en --tokens 20000
+leaves nothing behind and simply starts over (the command: python -m minimodel.dream).
 
 The ids are the sampled ids themselves (not decoded and re-encoded): what the base produced, so a
 distillation target on them is the base's distribution at exactly those contexts.

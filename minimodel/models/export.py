@@ -1,8 +1,7 @@
-"""Export a core as a Hugging Face model directory that verifies itself.
+"""Export a native model as a Hugging Face model directory that verifies itself (the command is
+`python -m minimodel.export`).
 
-    python -m minimodel.export RUN_DIR OUT_DIR [--checkpoint step_N]
-
-OUT_DIR gets config.json (Qwen3 with QK-norm, Llama without), model.safetensors,
+The directory gets config.json (Qwen3 with QK-norm, Llama without), model.safetensors,
 generation_config.json, tokenizer.json + tokenizer_config.json (chat template included)
 + tokenizer.model, and minimodel.json (the native ModelConfig). Before the directory
 appears it is reloaded with AutoModelForCausalLM / AutoTokenizer and compared with the
@@ -23,7 +22,7 @@ from minimodel.common.errors import UserError
 from minimodel.common.io import atomic_dir, read_json_object, write_json
 from minimodel.models.causal_lm import check_tokenizer_fits
 from minimodel.nn.model import MiniModel, ModelConfig
-from minimodel.tokenizers.tokenizer import HF_TOKENIZER_FILES
+from minimodel.tokenizers.tokenizer import HF_TOKENIZER_FILES, Tokenizer
 
 LOGITS_TOL = 1e-4
 
@@ -124,11 +123,11 @@ def heldout_texts(data_dir: Path, per_file: int = 2) -> dict[str, str]:
     return texts
 
 
-def export_model(model: MiniModel, sp_path: str | Path, out_dir: str | Path,
+def export_model(model: MiniModel, sp_path: Tokenizer | str | Path, out_dir: str | Path,
                  texts: dict[str, str] | None = None) -> tuple[Path, dict]:
     """Write the verified Hugging Face directory for `model` + its tokenizer: the kit's sentencepiece
     model (converted to tokenizer.json and checked), or a Hugging Face tokenizer (its files copied)."""
-    from minimodel.tokenizers.chat import CHAT_TOKENS, load_tokenizer
+    from minimodel.tokenizers.chat import CHAT_TOKENS
     from minimodel.tokenizers.sp_to_hf import save_hf_tokenizer
     from minimodel.tokenizers.tokenizer import copy_tokenizer, open_tokenizer
 
@@ -144,8 +143,7 @@ def export_model(model: MiniModel, sp_path: str | Path, out_dir: str | Path,
                 raise UserError(f"exported model reloaded by transformers differs from the native model: "
                                 f"max |logit diff| {diff:.3g} >= {LOGITS_TOL} (fp32); the export is not usable")
         return Path(out_dir), {"max_abs_logit_diff": diff, "tokens_compared": {}}
-    sp_path, out_dir = Path(sp_path), Path(out_dir)
-    sp = load_tokenizer(sp_path)
+    sp_path, sp, out_dir = tok.path, tok.sp, Path(out_dir)
     check_tokenizer_fits(sp.get_piece_size(), model.config.vocab_size, str(sp_path))
     native = fp32_copy(model)
     im_end = sp.piece_to_id(CHAT_TOKENS[1])

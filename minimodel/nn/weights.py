@@ -1,11 +1,5 @@
-"""Training checkpoints: written atomically, checksummed, loaded without unpickling.
-
-    checkpoints/step_N/model.safetensors   weights (a tied lm_head is stored once)
-    checkpoints/step_N/optimizer.pt        optimizer states (torch.load(weights_only=True))
-    checkpoints/step_N/rng.pt              torch RNG states
-    checkpoints/step_N/checkpoint.json     step, data position, model config, sha256 of each file
-checkpoint.json is written last; a directory without it, or whose files do not match
-their checksums, is not a checkpoint and resume falls back to the previous one.
+"""A model's tensors in safetensors: each storage once (a tied lm_head is stored once), read back
+with a clear error for a missing, cut or foreign file, and strict-loaded into a model.
 """
 from __future__ import annotations
 

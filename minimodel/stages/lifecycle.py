@@ -23,14 +23,13 @@ from minimodel.common.errors import cli_entry
 from minimodel.common.io import write_text
 from minimodel.config import dump_toml, load_config
 from minimodel.data.stage_data import StageData
-from minimodel.train.diskspace import run_bytes_needed, stop_when_full
 from minimodel.train.optim import build_optimizers
 from minimodel.train.rundir import (
     check_same_run,
     command_line,
     device_description,
     git_commit,
-    preflight,
+    RunDir,
 )
 from minimodel.train.stopping import StopSignals, exit_status
 from minimodel.train.tracking import Tracker
@@ -86,12 +85,11 @@ def run_stage(stage: Stage, cfg, exits_after: bool = False) -> dict:
     training saves a checkpoint at the step it finishes and exits 143/130 (SystemExit). `exits_after`:
     the process ends when this returns (a command line), so a clean stop ignores further signals."""
     dist = init_distributed(cfg.train.device)
-    lock = None
+    run_dir = None
     try:
         data = stage.data(cfg, dist)
-        run_dir = Path(cfg.train.out_dir)
         resolved = cfg.to_dict()
-        check_same_run(run_dir, resolved)
+        check_same_run(Path(cfg.train.out_dir), resolved)
         torch.manual_seed(cfg.train.seed)  # identical init (model, LoRA factors) on every rank
         built = stage.model(cfg, data, dist)
         model = built.model.to(dist.device)
@@ -99,19 +97,19 @@ def run_stage(stage: Stage, cfg, exits_after: bool = False) -> dict:
         for windows in data.all_sets():
             windows.check_vocab(vocab, built.vocab_fix)
         optimizers = build_optimizers(model, cfg.optim, embed_lr=built.embed_lr)
+        run_dir = RunDir(cfg.train.out_dir, built.trained)
         if dist.is_main:
-            lock = preflight(run_dir, built.trained, n_optim_states=2)
-            write_text(run_dir / "config.toml", dump_toml({**resolved, "run": {
+            run_dir.open()
+            write_text(run_dir.path / "config.toml", dump_toml({**resolved, "run": {
                 "stage": stage.name, "commit": git_commit(), "command": command_line(),
                 "world_size": dist.world_size, "device": device_description(dist.device), **built.info}}))
         barrier(dist)
-        tracker = Tracker(run_dir, resolved, enabled=dist.is_main, use_wandb=cfg.tracking.wandb,
+        tracker = Tracker(run_dir.path, resolved, enabled=dist.is_main, use_wandb=cfg.tracking.wandb,
                           project=cfg.tracking.project, run_name=cfg.tracking.run_name,
                           total_steps=cfg.train.steps, progress=cfg.train.progress)
         if dist.is_main:
             tracker.write(f"{built.summary}, world size {dist.world_size}, device {dist.device.type}")
-        need = run_bytes_needed(built.trained, n_optim_states=2)
-        with StopSignals(ignore_on_exit=exits_after) as stop, stop_when_full(run_dir, need, "metrics.jsonl"):  # the checkpoints: trainer.py
+        with StopSignals(ignore_on_exit=exits_after) as stop, run_dir.guard("metrics.jsonl"):  # checkpoints: trainer
             try:
                 state = train(Job(model, optimizers, cfg, dist, run_dir, data, tracker,
                                   data.tokenizer.token_bytes(vocab), built.trained, built.max_start_loss,
@@ -122,20 +120,20 @@ def run_stage(stage: Stage, cfg, exits_after: bool = False) -> dict:
                 if dist.is_main:
                     print(f"stopped by {state.stopped_by.name} at step {state.step}; re-run the same command to "
                           "resume", file=sys.stderr, flush=True)
-                    lock.release()
+                    run_dir.release()
                 barrier(dist)  # no rank ends (and gets torchrun to end the others) before rank 0 is done
                 raise SystemExit(exit_status(state.stopped_by))
-        out = {"step": state.step, "tokens": state.tokens, "run_dir": str(run_dir), "model": model,
+        out = {"step": state.step, "tokens": state.tokens, "run_dir": str(run_dir.path), "model": model,
                "info": built.info}
         if dist.is_main and state.step >= cfg.train.steps:
             model.eval()
-            with stop_when_full(run_dir, need, "the final model", judge_by_free=True):
-                out.update(built.finish(run_dir))
+            with run_dir.guard("the final model", judge_by_free=True):
+                out.update(built.finish(run_dir.path))
             print(f"done: {state.step} steps, {state.tokens} tokens; "
                   + ", ".join(f"{k} in {v}" for k, v in out.items() if k in ("final", "adapter")), file=sys.stderr)
         barrier(dist)
         return out
     finally:
-        if lock is not None:
-            lock.release()
+        if run_dir is not None:
+            run_dir.release()
         cleanup(dist)

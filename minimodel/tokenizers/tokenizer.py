@@ -1,10 +1,9 @@
-"""The kit's sentencepiece tokenizers: special ids, ChatML markers, loading and the chat encoding.
-
-data_prep.tokenizer trains tokenizers with these ids and pieces; data_prep.sft encodes SFT
-sets with `encode_chat`, and inference (eval, the export's check) encodes prompts with it too.
-
-Chat template (Qwen/MiniMind ChatML; the markers are single pieces of our tokenizers):
-    <|im_start|>system\n...<|im_end|>\n<|im_start|>user\n...<|im_end|>\n<|im_start|>assistant\n...<|im_end|>\n
+"""One `Tokenizer` interface for both kinds a model or data set can carry: the kit's sentencepiece
+models (`SPTokenizer`) and Hugging Face tokenizers (`HFTokenizer`): document framing, chat ids and
+loss mask, exact bytes per token, the files to copy along. `open_tokenizer` opens one named by a
+file, a model directory or a hub id (an opened one comes back as it is); `tokenizer_in` finds the
+one stored in a model directory (or None); `tokenizer_relation` says whether data's tokenizer is
+a base's own or an extension of it.
 """
 from __future__ import annotations
 

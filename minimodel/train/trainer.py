@@ -22,7 +22,6 @@ from minimodel.data.stage_data import StageData
 from minimodel.data.windows import Windows, val_window_ids
 from minimodel.nn.flops import device_peak_flops, flops_per_token
 from minimodel.train.checkpoint import load_checkpoint, resume_point, save_checkpoint
-from minimodel.train.diskspace import run_bytes_needed, stop_when_full
 from minimodel.train.numerics import (
     NumericalFault,
     SpikeDetector,
@@ -30,6 +29,7 @@ from minimodel.train.numerics import (
     nonfinite_tensors,
 )
 from minimodel.train.optim import lr_multiplier, set_lr
+from minimodel.train.rundir import RunDir
 from minimodel.train.stopping import StopSignals
 from minimodel.train.tracking import Tracker
 
@@ -106,7 +106,7 @@ class Job:
     optimizers: list
     cfg: Config                      # the stage's config (RunConfig, StageConfig, CptConfig)
     dist: DistInfo
-    run_dir: Path
+    run_dir: RunDir
     data: StageData
     tracker: Tracker
     token_bytes: torch.Tensor | None  # UTF-8 bytes per token id, for bits per byte
@@ -121,7 +121,7 @@ def train(job: Job) -> TrainState:
     tracker, token_bytes, ckpt_model, data = job.tracker, job.token_bytes, job.ckpt_model, job.data
     val_data, val_name = data.val, data.val_name
     tc = cfg.train
-    ckpt_root = run_dir / "checkpoints"
+    ckpt_root = run_dir.checkpoints
     state = TrainState()
     spikes = SpikeDetector(tc.spike_sigma)
     found = resume_point(ckpt_root)
@@ -147,7 +147,6 @@ def train(job: Job) -> TrainState:
     tokens_per_step = tc.micro_batch * cfg.data.seq_len * tc.grad_accum * dist.world_size
     fpt = flops_per_token(mcfg, model.num_params(), cfg.data.seq_len)
     peak = device_peak_flops(dist.device) * dist.world_size
-    need = run_bytes_needed(ckpt_model, n_optim_states=2)
 
     def checkpoint(position: int | None = None):
         broken = nonfinite_tensors(ckpt_model, grads=False)  # never let broken weights replace good ones
@@ -156,7 +155,7 @@ def train(job: Job) -> TrainState:
                                  f"saved: the last good checkpoint is kept in {ckpt_root}; lower optim.lr in a "
                                  "new run (another train.out_dir), or resume there with train.on_nonfinite=skip")
         if dist.is_main:
-            with stop_when_full(ckpt_root, need, f"checkpoint step_{state.step}", judge_by_free=True):
+            with run_dir.guard_checkpoint(state.step):
                 save_checkpoint(ckpt_root, state.step, ckpt_model, optimizers,
                                 {"position": stream.position if position is None else position,
                                  "tokens": state.tokens, "skipped_steps": state.skipped_steps,
