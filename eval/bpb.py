@@ -25,23 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.models import (
-    free_memory,
-    load_model,
-    model_cli,
-    model_meta,
-    output_path,
-    scoring_batch,
-    small_model_threads,
-)
+from eval.models import free_memory, load_model, model_cli, model_meta, output_path, scoring_batch, small_model_threads
 from eval.scoring import score_docs
 from minimodel.common.errors import UserError, cli_entry
-from minimodel.common.io import (
-    read_json_object,
-    read_jsonl_objects,
-    read_utf8,
-    write_json,
-)
+from minimodel.common.io import read_json_object, read_jsonl_objects, read_utf8, write_json
 from minimodel.models.causal_lm import CausalLM
 
 NAME_RE = re.compile(r"^[a-z]{2,3}(_[A-Za-z0-9.\-]+)*$")

@@ -20,12 +20,7 @@ from pathlib import Path
 
 from eval.forgetting import bpb_change, language_of
 from minimodel.common.errors import UserError, cli_entry
-from minimodel.common.io import (
-    read_json_object,
-    read_jsonl_objects,
-    write_json,
-    write_text,
-)
+from minimodel.common.io import read_json_object, read_jsonl_objects, write_json, write_text
 from minimodel.config import read_run_config
 
 

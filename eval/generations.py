@@ -15,13 +15,7 @@ from pathlib import Path
 
 import torch
 
-from eval.models import (
-    load_model,
-    model_cli,
-    model_meta,
-    output_path,
-    small_model_threads,
-)
+from eval.models import load_model, model_cli, model_meta, output_path, small_model_threads
 from eval.repetition import repetition_score
 from minimodel.common.errors import UserError, cli_entry
 from minimodel.common.io import read_jsonl_objects, write_json

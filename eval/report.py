@@ -19,23 +19,10 @@ import statistics
 import sys
 from pathlib import Path
 
-from eval.forgetting import (
-    LANGUAGES,
-    backward_transfer,
-    benchmark_deltas,
-    forgetting_rows,
-    language_of,
-    verdict_bands,
-)
+from eval.forgetting import LANGUAGES, backward_transfer, benchmark_deltas, forgetting_rows, language_of, verdict_bands
 from eval.harness import chance_level
 from minimodel.common.errors import UserError, cli_entry
-from minimodel.common.io import (
-    atomic_dir,
-    read_json_object,
-    write_bytes,
-    write_json,
-    write_text,
-)
+from minimodel.common.io import atomic_dir, read_json_object, write_bytes, write_json, write_text
 from minimodel.config import RunConfig, read_run_config
 from minimodel.models.loading import model_shape
 

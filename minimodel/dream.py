@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from minimodel.common.distributed import pick_device
 from minimodel.common.errors import UserError, cli_entry
 from minimodel.forgetting.dream import DreamSettings, check_settings, write_dream_set
+from minimodel.models.loading import load
 
 
 def parse_args(argv):
@@ -36,8 +38,6 @@ def parse_args(argv):
 def main(argv=None) -> dict:
     import sys
 
-    from minimodel.common.distributed import pick_device
-    from minimodel.models.loading import load
 
     a = parse_args(sys.argv[1:] if argv is None else argv)
     if a.tokens <= 0:

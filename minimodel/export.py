@@ -1,14 +1,8 @@
-"""Export a core as a Hugging Face model directory that verifies itself.
+"""Export a run's model (final/ or a checkpoint) as a Hugging Face directory that verifies itself.
 
     python -m minimodel.export RUN_DIR OUT_DIR [--checkpoint step_N]
 
-OUT_DIR gets config.json (Qwen3 with QK-norm, Llama without), model.safetensors,
-generation_config.json, tokenizer.json + tokenizer_config.json (chat template included)
-+ tokenizer.model, and minimodel.json (the native ModelConfig). Before the directory
-appears it is reloaded with AutoModelForCausalLM / AutoTokenizer and compared with the
-native model (fp32 logits on a fixed batch, max abs diff < 1e-4) and with sentencepiece
-(token ids on English and Korean text, chat template vs minimodel.tokenizers.chat.encode_chat); a
-mismatch is a UserError and nothing is written.
+What the directory holds, and how it is checked before it appears: minimodel.models.export.
 """
 from __future__ import annotations
 

@@ -9,10 +9,11 @@ import sys
 
 from safetensors.torch import save_file
 
-from minimodel.config import load_config
 from minimodel.common.io import write_text
+from minimodel.config import load_config
 from minimodel.pretrain import Pretrain
 from minimodel.stages.lifecycle import run_stage
+
 
 def inject_fault(at_forward: int):
     """inf out of model.layers.1.mlp from the given training forward until the next one, so the

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import read_docs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import read_docs
 from minimodel.common.errors import UserError
 
 SURVEY = os.environ.get("BAD_INPUTS_SURVEY") == "1"
@@ -196,10 +196,10 @@ def world(english_set, tmp_path_factory) -> dict:
     from safetensors.torch import save_file
 
     from data_prep.sft import prepare_sft
-    from minimodel.nn.weights import model_tensors
-    from minimodel.train.checkpoint import save_checkpoint
     from minimodel.models.export import write_model_files
     from minimodel.nn.model import MiniModel, model_config_from
+    from minimodel.nn.weights import model_tensors
+    from minimodel.train.checkpoint import save_checkpoint
 
     root = tmp_path_factory.mktemp("bad_inputs")
     tok = english_set / "tokenizer.model"
@@ -242,10 +242,9 @@ def world(english_set, tmp_path_factory) -> dict:
 def test_world_is_valid(world):
     """The unfuzzed inputs load: a fuzzed failure is the fuzz's doing, not the fixture's."""
     from data_prep.sft import read_sft
+    from minimodel.data.windows import SFTExamples, TokenShards
     from minimodel.models.loading import load
     from minimodel.train.checkpoint import latest_checkpoint
-    from minimodel.data.windows import TokenShards
-    from minimodel.data.windows import SFTExamples
 
     assert TokenShards(world["set"], "train", 16, 1024).n_windows > 0
     assert len(read_sft(world["sft"], "train")) > 0 and SFTExamples(world["sft"], "train", 64).n_windows > 0
@@ -295,11 +294,11 @@ def _sp_bytes(data, good: bytes):
 
 
 def _tokenizer_readers(tok: Path, set_dir: Path | None, base_tok: Path):
-    from minimodel.tokenizers.chat import load_tokenizer
-    from minimodel.tokenizers.tokenizer import SPTokenizer, tokenizer_in, tokenizer_relation
     from minimodel.data.windows import token_byte_lengths
-    from minimodel.tokenizers.sp_to_hf import build_hf_tokenizer
+    from minimodel.tokenizers.chat import load_tokenizer
     from minimodel.tokenizers.chat import load_tokenizer as load_sp
+    from minimodel.tokenizers.sp_to_hf import build_hf_tokenizer
+    from minimodel.tokenizers.tokenizer import SPTokenizer, tokenizer_in, tokenizer_relation
 
     expect_clean("tokenizer: data_prep load_tokenizer", load_tokenizer, tok)
     expect_clean("tokenizer: hf_tokenizer.load_sp", load_sp, tok)
@@ -416,8 +415,8 @@ def test_fuzzed_checkpoint_dir(world, data, fix_sha):
     """Damage step_10. A direct load raises a UserError naming the file; latest_checkpoint warns,
     names the file and falls back to step_5. With fix_sha the checksums are updated to the damaged
     files, so the damage reaches the loaders instead of the checksum check."""
-    from minimodel.train.checkpoint import META, latest_checkpoint, load_checkpoint
     from minimodel.common.io import file_sha256
+    from minimodel.train.checkpoint import META, latest_checkpoint, load_checkpoint
 
     with copy_of(world["ckpts"]) as root:
         step = root / "step_10"

@@ -25,8 +25,8 @@ def _core(root: Path, tok: Path) -> Path:
     """A minimodel run directory holding a tiny model (final/ as a stage exports it)."""
     from safetensors.torch import save_file
 
-    from minimodel.nn.weights import model_tensors
     from minimodel.nn.model import MiniModel, model_config_from
+    from minimodel.nn.weights import model_tensors
 
     torch.manual_seed(0)
     cfg = model_config_from("tiny", vocab_size=1024, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_dim=64,

@@ -6,10 +6,10 @@ import math
 import statistics
 
 import pytest
-
 from conftest import tiny_overrides
-from minimodel.config import load_config
+
 from minimodel.common.errors import UserError
+from minimodel.config import load_config
 from minimodel.nn.flops import CPU_PEAK_FLOPS, flops_per_token
 from minimodel.nn.model import MiniModel, model_config_from
 from minimodel.pretrain import run

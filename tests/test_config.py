@@ -1,10 +1,9 @@
 """Config loading: TOML + overrides, validation messages that name the bad key."""
+import pytest
 import tomllib
 
-import pytest
-
-from minimodel.config import dump_toml, load_config
 from minimodel.common.errors import UserError
+from minimodel.config import dump_toml, load_config
 
 
 def test_toml_and_overrides(tmp_path):

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from minimodel.config import CptConfig, RunConfig, build_config, load_config
 from minimodel.common.errors import UserError
+from minimodel.config import CptConfig, RunConfig, build_config, load_config
 
 SECTIONS = ["model", "optim", "data", "train", "tracking", "base", "lora", "replay", "eval", "bogus"]
 KEYS = ["preset", "d_model", "n_heads", "vocab_size", "lr", "name", "schedule", "steps", "micro_batch",

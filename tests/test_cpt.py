@@ -4,22 +4,22 @@ import json
 import os
 import subprocess
 import sys
-import tomllib
 
 import numpy as np
 import pytest
+import tomllib
 import torch
-from safetensors.torch import load_file
-
 from conftest import ROOT
-from minimodel.models.loading import load
+from safetensors.torch import load_file
+from test_cpt_fixtures import bilingual, stage_overrides  # noqa: F401
+
+from minimodel.common.errors import UserError
 from minimodel.config import CptConfig, load_config
 from minimodel.cpt import run
-from minimodel.data.windows import TokenShards
-from minimodel.common.errors import UserError
 from minimodel.data.replay import ReplayStream
+from minimodel.data.windows import TokenShards
+from minimodel.models.loading import load
 from minimodel.train.tracking import read_metrics
-from test_cpt_fixtures import bilingual, stage_overrides  # noqa: F401
 
 
 def cfg_for(base, data, out, **extra):

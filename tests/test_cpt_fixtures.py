@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import read_docs
 
 
@@ -25,9 +24,11 @@ def tiny_model_config(vocab: int, tie: bool = True):
 
 
 def write_native_base(run_dir: Path, model, tokenizer: Path) -> Path:
-    from minimodel.nn.weights import model_tensors
-    from safetensors.torch import save_file
     import shutil
+
+    from safetensors.torch import save_file
+
+    from minimodel.nn.weights import model_tensors
 
     final = run_dir / "final"
     final.mkdir(parents=True)

@@ -1,7 +1,8 @@
 """Cleaning and deterministic, content-aligned held-out splits."""
 import unicodedata
 
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from data_prep.clean import Cleaner, clean_docs, clean_text
 from data_prep.sources import Doc

@@ -3,13 +3,12 @@ import json
 import sqlite3
 
 import pytest
+from conftest import read_docs
 
 from data_prep import demo_sft, offline
 from data_prep.sft import read_sft
 from data_prep.tokenizer import train_tokenizer
 from minimodel.tokenizers.chat import load_tokenizer
-
-from conftest import read_docs
 
 EN = ["In the beginning.", "The earth was empty.", "God said light.", "There was light.",
       "He saw the light.", "Evening came."]

@@ -3,7 +3,8 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from data_prep.tok_report import tokenizer_report
 from data_prep.tokenizer import train_tokenizer, weighted_texts

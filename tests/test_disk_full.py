@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
+from conftest import tiny_overrides
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 import minimodel.train.checkpoint
 import minimodel.train.tracking
-from conftest import tiny_overrides
-from minimodel.train.checkpoint import verify_checkpoint
-from minimodel.config import load_config
 from minimodel.common.errors import UserError
+from minimodel.config import load_config
 from minimodel.pretrain import run
+from minimodel.train.checkpoint import verify_checkpoint
 from minimodel.train.tracking import read_metrics
 
 RUN = {"train.steps": 16, "train.ckpt_every": 4, "train.log_every": 1, "train.eval_every": 8, "train.keep_last": 2}

@@ -11,20 +11,20 @@ import unicodedata
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import ROOT
+from safetensors.torch import load_file
+from test_cpt_fixtures import bilingual, stage_overrides  # noqa: F401
+
 from data_prep.shards import check_prepared, read_tokens
+from minimodel.common.errors import UserError
 from minimodel.config import CptConfig, load_config
 from minimodel.cpt import run
-from minimodel.forgetting.anchor import FisherAnchor, estimate_fisher
 from minimodel.data.windows import TokenShards
-from minimodel.forgetting.guard import ForgettingGuard
+from minimodel.forgetting.anchor import FisherAnchor, estimate_fisher
 from minimodel.forgetting.dream import DreamSettings, write_dream_set
-from minimodel.common.errors import UserError
+from minimodel.forgetting.guard import ForgettingGuard
 from minimodel.models.loading import load
 from minimodel.models.lora import apply_lora, full_finetune
-from test_cpt_fixtures import bilingual, stage_overrides  # noqa: F401
 
 
 def settings(base, **kw) -> DreamSettings:

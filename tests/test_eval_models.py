@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 import torch
-
 from conftest import read_docs
+
 from minimodel.common.errors import UserError
 
 HELD = read_docs("english_web.jsonl")[80:84]
@@ -16,8 +16,8 @@ HELD = read_docs("english_web.jsonl")[80:84]
 def tiny_run(tmp_path, data_dir, seed=0, name="run"):
     """A run directory holding a randomly initialised sub-million-parameter MiniModel."""
     from minimodel.data.format import read_manifest
-    from minimodel.nn.model import MiniModel, model_config_from
     from minimodel.models.export import export_final
+    from minimodel.nn.model import MiniModel, model_config_from
 
     torch.manual_seed(seed)
     model = MiniModel(model_config_from("tiny", vocab_size=1024, d_model=64, n_layers=2, n_heads=4,

@@ -4,8 +4,8 @@ import json
 import shutil
 
 import pytest
-
 from conftest import read_docs, tiny_overrides
+
 from minimodel.common.errors import UserError
 
 
@@ -132,6 +132,7 @@ def test_eval_forgetting_scores_each_run_at_its_training_context(runs, tmp_path)
     import sys
 
     from conftest import ROOT
+
     from minimodel.config import read_run_config
 
     root, core, _ = runs

@@ -5,11 +5,11 @@ import sys
 
 import pytest
 import torch
+from conftest import ROOT, tiny_overrides
+from hf_helpers import bilingual_tokenizer, fixture_docs, tiny_native
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT, tiny_overrides
-from hf_helpers import bilingual_tokenizer, fixture_docs, tiny_native
 from minimodel.common.errors import UserError
 from minimodel.models.export import export_final, export_model, export_run, verify_export
 from minimodel.tokenizers.sp_to_hf import build_hf_tokenizer, verify_tokenizer

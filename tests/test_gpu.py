@@ -12,9 +12,9 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from conftest import tiny_overrides  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from conftest import tiny_overrides  # noqa: E402
 from minimodel.nn.model import MiniModel, model_config_from  # noqa: E402
 
 DEVICE = os.environ.get("MINIMODEL_TEST_DEVICE") or ("cuda" if torch.cuda.is_available() else "")

@@ -9,8 +9,8 @@ import time
 
 import pytest
 import torch
-
 from conftest import ROOT
+
 from minimodel.common.errors import UserError
 from scripts import gpu_check
 from scripts.gpu_sections import largest_fitting

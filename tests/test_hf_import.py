@@ -4,13 +4,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from hf_helpers import bilingual_tokenizer, tiny_native, write_gguf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hf_helpers import bilingual_tokenizer, tiny_native, write_gguf
 from minimodel.common.errors import UserError
-from minimodel.models.hf_convert import to_hf_config
 from minimodel.models.export import save_native
 from minimodel.models.gguf import gguf_to_hf
+from minimodel.models.hf_convert import to_hf_config
 from minimodel.models.loading import load, resolve
 from minimodel.tokenizers.sp_to_hf import save_hf_tokenizer
 
@@ -192,12 +192,13 @@ def test_gguf_import_dequantises_q8_0(bi_tok, tmp_path, monkeypatch):
 
 def test_a_gguf_file_is_a_stage_base(bi_tok, tmp_path, monkeypatch):
     """base.path = a .gguf file: converted once, then trained like any Hugging Face base."""
-    from data_prep.shards import prepare_from_docs
     from hf_helpers import fixture_docs
+    from test_cpt_fixtures import stage_overrides
+
+    from data_prep.shards import prepare_from_docs
     from minimodel.config import CptConfig, load_config
     from minimodel.cpt import run
     from minimodel.train.tracking import read_metrics
-    from test_cpt_fixtures import stage_overrides
 
     monkeypatch.setenv("MINIMODEL_CACHE", str(tmp_path / "cache"))
     gguf_file = write_gguf(hf_model(False, False), bi_tok, tmp_path / "tiny-llama-f32.gguf")

@@ -5,15 +5,15 @@ import math
 import os
 import subprocess
 import sys
-import tomllib
 
 import numpy as np
 import pytest
+import tomllib
 import torch
-
 from conftest import ROOT
-from test_cpt_fixtures import bilingual  # noqa: F401
 from hf_helpers import fixture_docs
+from test_cpt_fixtures import bilingual  # noqa: F401
+
 from minimodel.common.errors import UserError
 from minimodel.tokenizers.tokenizer import HFTokenizer, open_tokenizer
 
@@ -101,13 +101,14 @@ def test_prepare_with_the_bases_tokenizer(llama_base, tmp_path):
 
 
 def test_cpt_with_replay_on_the_hf_base(llama_base, tmp_path):
+    from test_cpt_fixtures import stage_overrides
+
     from data_prep.shards import prepare_from_docs
     from eval.bpb import bits_per_byte, parse_set
     from eval.models import load_model
     from minimodel.config import CptConfig, load_config
     from minimodel.cpt import run
     from minimodel.train.tracking import read_metrics
-    from test_cpt_fixtures import stage_overrides
 
     ko, en = fixture_docs("korean_1961.jsonl"), fixture_docs("english_web.jsonl")
     for name, docs, lang in (("ko", ko, "ko"), ("en", en, "en")):
@@ -155,9 +156,10 @@ def test_cpt_with_replay_on_the_hf_base(llama_base, tmp_path):
 
 
 def test_data_of_another_tokenizer_is_refused(llama_base, tmp_path, bilingual):
+    from test_cpt_fixtures import stage_overrides
+
     from minimodel.config import CptConfig, load_config
     from minimodel.cpt import run
-    from test_cpt_fixtures import stage_overrides
 
     with pytest.raises(UserError, match="does not match base .*data_prep.prepare --tokenizer"):
         run(load_config(None, stage_overrides(llama_base, bilingual["ko"], tmp_path / "x"), cls=CptConfig))
@@ -197,10 +199,11 @@ def sft_records(n: int = 24) -> list[tuple[str, dict]]:
 
 
 def test_sft_with_the_bases_chat_template(qwen_base, tmp_path):
+    from test_cpt_fixtures import stage_overrides
+
     from data_prep.sft import prepare_sft, read_sft, to_messages
     from minimodel.config import StageConfig, load_config
     from minimodel.sft import run
-    from test_cpt_fixtures import stage_overrides
 
     tok = open_tokenizer(qwen_base)
     assert tok.bos_id is None and not tok.adds_bos and tok.eos_id == 0
@@ -258,10 +261,11 @@ def test_a_base_whose_two_tokenizers_disagree_is_refused(llama_base, bilingual, 
 def test_replay_text_worse_than_uniform_stops_the_stage(bilingual, tmp_path):
     """A base that reads its own language worse than a uniform guess is reading ids that mean nothing
     to it: the stage stops after the first evaluation, saying why (a new language may start that bad)."""
+    from test_cpt_fixtures import stage_overrides, write_native_base
+
     from minimodel.config import CptConfig, load_config
     from minimodel.cpt import run
     from minimodel.models.loading import load
-    from test_cpt_fixtures import stage_overrides, write_native_base
 
     model = load(bilingual["core"]).net
     with torch.no_grad():
@@ -312,13 +316,14 @@ def test_eval_defaults_fit_the_machine(llama_base, tmp_path, monkeypatch, capsys
 def test_vocabulary_extension_of_a_bpe_tokenizer_and_cpt(llama_base, tmp_path):
     """New Korean merges appended to the base's byte-level BPE: old ids in place, any text round-trips,
     fewer tokens per Korean character; CPT grows the embeddings and the adapter evaluates as final/."""
+    from test_cpt_fixtures import stage_overrides
+
     from data_prep.shards import prepare_from_docs
     from data_prep.tok_report import tokenizer_report
     from data_prep.vocab_ext import extend_hf_tokenizer
     from eval.models import load_model
     from minimodel.config import CptConfig, load_config
     from minimodel.cpt import run
-    from test_cpt_fixtures import stage_overrides
 
     ko, en = fixture_docs("korean_1961.jsonl"), fixture_docs("english_web.jsonl")
     info = extend_hf_tokenizer(llama_base, ko, tmp_path / "tok", new_vocab_size=3000, max_new=500)

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, tiny_overrides
 from safetensors.torch import load_file
+from test_cpt_fixtures import bilingual, stage_overrides  # noqa: F401
 
 from minimodel.train.tracking import read_metrics
-from conftest import ROOT, tiny_overrides
-from test_cpt_fixtures import bilingual, stage_overrides  # noqa: F401
 
 TIMEOUT = 300  # generous per-process deadline; a healthy run takes seconds
 
@@ -243,9 +243,9 @@ def test_sigkill_of_cpt_with_replay_then_resume_is_bitwise_exact(bilingual, cpt_
 
 
 def test_a_checkpoint_cut_short_is_ignored_and_cleaned(english_set, tmp_path):
-    from minimodel.train.checkpoint import latest_checkpoint
     from minimodel.config import load_config
     from minimodel.pretrain import run
+    from minimodel.train.checkpoint import latest_checkpoint
 
     out = tmp_path / "run"
     run(load_config(None, tiny_overrides(english_set, out, **{"train.steps": 20, "train.stop_at_step": 10})))

@@ -5,19 +5,18 @@ import json
 import pytest
 import sentencepiece as spm
 import torch
+from test_cpt_fixtures import bilingual, tiny_model_config  # noqa: F401
 
+from minimodel.common.errors import UserError
+from minimodel.config import DEFAULT_LORA_TARGETS, OptimConfig
+from minimodel.data.windows import TokenShards, TrainStream
 from minimodel.models.causal_lm import CausalLM, shape_of_hf_config
 from minimodel.models.loading import load
-from minimodel.config import DEFAULT_LORA_TARGETS
-from minimodel.data.windows import TokenShards, TrainStream
-from minimodel.common.errors import UserError
 from minimodel.models.lora import TrainableView, apply_lora, embedding_weights, merge, save_adapter
-from minimodel.nn.model import MiniModel
-from minimodel.train.optim import build_optimizers
-from minimodel.config import OptimConfig
-from minimodel.stages.on_base import save_merged
 from minimodel.models.vocab_resize import decompositions, resize_vocab
-from test_cpt_fixtures import bilingual, tiny_model_config  # noqa: F401
+from minimodel.nn.model import MiniModel
+from minimodel.stages.on_base import save_merged
+from minimodel.train.optim import build_optimizers
 
 
 def train_steps(lm, set_dir, steps=6, lr=5e-3, embed_lr=1e-3, name="adamw"):

@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 import torch
+from test_cpt_fixtures import bilingual, stage_overrides  # noqa: F401
 
 from minimodel.config import CptConfig, load_config
-from test_cpt_fixtures import bilingual, stage_overrides  # noqa: F401
 
 pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("unsloth") is None,
@@ -21,8 +21,8 @@ pytestmark = [
 def test_unsloth_cpt_trains_and_merges(bilingual, tmp_path):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from minimodel.models.loading import load
     from minimodel.cpt import run
+    from minimodel.models.loading import load
 
     base = tmp_path / "qwen3"
     Qwen3ForCausalLM(Qwen3Config(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,

@@ -3,8 +3,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from minimodel.nn.generate import filter_logits, generate
 from minimodel.models.hf_convert import to_hf_config
+from minimodel.nn.generate import filter_logits, generate
 from minimodel.nn.model import MiniModel, model_config_from
 
 

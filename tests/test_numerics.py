@@ -7,14 +7,14 @@ import random
 import pytest
 import torch
 import torch.nn as nn
+from conftest import tiny_overrides
 from safetensors.torch import load_file
 
-from conftest import tiny_overrides
-from minimodel.train.checkpoint import latest_checkpoint
 from minimodel.config import load_config
 from minimodel.nn.model import MLP, MiniModel, model_config_from
-from minimodel.train.numerics import NumericalFault, SpikeDetector, diagnose
 from minimodel.pretrain import run
+from minimodel.train.checkpoint import latest_checkpoint
+from minimodel.train.numerics import NumericalFault, SpikeDetector, diagnose
 from minimodel.train.tracking import read_metrics
 
 

@@ -5,14 +5,14 @@ import os
 import socket
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 
-from minimodel.config import load_config
 from minimodel.common.errors import UserError
+from minimodel.config import load_config
 from minimodel.nn.flops import flops_per_token
 from minimodel.nn.model import MiniModel, model_config_from
 from scripts import plan

@@ -5,10 +5,10 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
-from minimodel.config import CptConfig, load_config
+
 from minimodel.common.errors import UserError
+from minimodel.config import CptConfig, load_config
 from minimodel.nn.model import MiniModel, model_config_from
 from scripts.plan import estimate
 from scripts.plan_stage import base_model_config, lora_params

@@ -4,10 +4,10 @@ import shutil
 from collections import namedtuple
 
 import pytest
-
 from conftest import tiny_overrides
-from minimodel.config import load_config
+
 from minimodel.common.errors import UserError
+from minimodel.config import load_config
 from minimodel.pretrain import run
 
 Usage = namedtuple("Usage", "total used free")

@@ -8,13 +8,13 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, read_docs, tiny_overrides
 from safetensors.torch import load_file
 
-from conftest import ROOT, read_docs, tiny_overrides
-from minimodel.nn.weights import load_model_weights
-from minimodel.config import load_config
 from minimodel.common.errors import UserError
+from minimodel.config import load_config
 from minimodel.nn.model import MiniModel, model_config_from
+from minimodel.nn.weights import load_model_weights
 from minimodel.pretrain import run
 from minimodel.train.tracking import read_metrics
 

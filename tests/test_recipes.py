@@ -2,8 +2,8 @@
 import subprocess
 
 import pytest
-
 from conftest import ROOT
+
 from minimodel.config import CptConfig, RunConfig, StageConfig, load_config
 
 RECIPES = sorted((ROOT / "recipes").glob("*.sh"))

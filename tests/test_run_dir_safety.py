@@ -10,10 +10,10 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, tiny_overrides
-from minimodel.config import load_config
+
 from minimodel.common.errors import UserError
+from minimodel.config import load_config
 from minimodel.pretrain import run
 from minimodel.train.tracking import read_metrics
 

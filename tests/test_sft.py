@@ -1,20 +1,19 @@
 """The SFT stage: loss only on assistant tokens, full fine-tuning of a core (Muon), LoRA on top of a
 CPT result (the reference recipe's second stage)."""
-import tomllib
-
 import pytest
+import tomllib
 import torch
 import torch.nn.functional as F
-
 from conftest import read_docs
+from test_cpt_fixtures import bilingual, stage_overrides  # noqa: F401
+
 from data_prep.sft import prepare_sft, read_sft
-from minimodel.models.loading import load
-from minimodel.config import CptConfig, StageConfig, load_config
 from minimodel.common.errors import UserError
+from minimodel.config import CptConfig, StageConfig, load_config
 from minimodel.data.windows import SFTExamples
+from minimodel.models.loading import load
 from minimodel.sft import run
 from minimodel.train.tracking import read_metrics
-from test_cpt_fixtures import bilingual, stage_overrides  # noqa: F401
 
 
 @pytest.fixture(scope="module")

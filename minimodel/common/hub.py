@@ -3,6 +3,7 @@ else in the kit talks to the hub; tests and the quick start never reach it (HF_H
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from minimodel.common.errors import UserError, error_gist
@@ -20,11 +21,7 @@ def hub_snapshot(repo_id: str, revision: str | None = None, tokenizer_only: bool
     """A local snapshot of a hub model: config, safetensors weights and tokenizer files only (or, with
     tokenizer_only, the tokenizer's files and config.json: what data preparation needs)."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-    )
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     if why := local_path_missing(repo_id):
         raise UserError(f"model not found locally: {repo_id} ({why}); train or copy it there first, or name "
@@ -40,7 +37,6 @@ def hub_snapshot(repo_id: str, revision: str | None = None, tokenizer_only: bool
                         "(HF_HUB_OFFLINE=1); download it once online or give a local directory") from None
     except (HfHubHTTPError, OSError) as e:
         raise UserError(f"cannot fetch hub model {repo_id}: {error_gist(e)}") from None
-import re
 
 
 def is_hub_id(spec) -> bool:

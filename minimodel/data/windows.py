@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from minimodel.common.errors import UserError
+from minimodel.data.format import check_tokenizer, load_sft_split, read_manifest
 from minimodel.tokenizers.tokenizer import Tokenizer, open_tokenizer
 
 
@@ -132,7 +133,6 @@ def token_byte_lengths(tokenizer: Tokenizer | str | Path, vocab_size: int) -> to
     """UTF-8 bytes each token id stands for (0 for control tokens), for bits per byte."""
     return open_tokenizer(tokenizer).token_bytes(vocab_size)
 
-from minimodel.data.format import check_tokenizer, load_sft_split, read_manifest
 
 IGNORE = -100
 

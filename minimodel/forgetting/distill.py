@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from minimodel.models.causal_lm import CausalLM
+from minimodel.models.lora import embedding_weights
 
 KL_CHUNK_ROWS = 1024  # token rows per fp32 softmax pair: bounds the extra memory on large vocabularies
 
@@ -25,8 +26,6 @@ class AdapterOffTeacher(nn.Module):
 
     def __init__(self, lm: CausalLM):
         super().__init__()
-        from minimodel.models.lora import embedding_weights
-
         self.lm = [lm]  # a list: not a submodule, so its parameters are not counted twice
         self.names = list(embedding_weights(lm.core()))
         for i, p in enumerate(embedding_weights(lm.core()).values()):  # non-persistent: moved by .to(), never saved
@@ -34,8 +33,6 @@ class AdapterOffTeacher(nn.Module):
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        from minimodel.models.lora import embedding_weights
-
         lm = self.lm[0]
         live = list(embedding_weights(lm.core()).values())
         trained = [p.data for p in live]

@@ -22,12 +22,7 @@ import torch
 
 from minimodel.common.errors import UserError
 from minimodel.common.io import atomic_dir, file_sha256, read_utf8, write_json
-from minimodel.data.format import (
-    build_manifest,
-    read_manifest,
-    token_dtype,
-    write_split,
-)
+from minimodel.data.format import build_manifest, read_manifest, token_dtype, write_split
 from minimodel.tokenizers.tokenizer import Tokenizer, copy_tokenizer, open_tokenizer
 
 SAMPLE_CHARS = 600  # of decoded text kept in the manifest, for a person to read

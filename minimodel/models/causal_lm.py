@@ -123,8 +123,9 @@ def check_tokenizer_fits(n_tokens: int, vocab_size: int, where: str) -> None:
 
 def shape_of_hf_config(hf_config) -> ModelConfig:
     """Our ModelConfig for any transformers config (FLOPs, vocabulary size, tying): the shape only."""
-    get = lambda *names, default=None: next((getattr(hf_config, n) for n in names
-                                             if getattr(hf_config, n, None) is not None), default)
+    def get(*names, default=None):
+        return next((getattr(hf_config, n) for n in names if getattr(hf_config, n, None) is not None), default)
+
     d = get("hidden_size", "n_embd", "d_model")
     heads = get("num_attention_heads", "n_head", default=1)
     return ModelConfig(

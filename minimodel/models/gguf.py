@@ -14,6 +14,7 @@ import torch
 
 from minimodel.common.errors import UserError, error_gist
 from minimodel.common.io import atomic_dir, read_json_object, write_json, write_text
+from minimodel.tokenizers.sp_to_hf import save_hf_tokenizer, verify_tokenizer
 
 IMPORT_META = "minimodel_import.json"
 
@@ -128,11 +129,6 @@ def gguf_to_hf(gguf_path: str | Path, out_dir: str | Path | None = None, dtype: 
         if tok is not None:
             tok.save_pretrained(tmp)
         elif sp_bytes is not None:
-            from minimodel.tokenizers.sp_to_hf import (
-                save_hf_tokenizer,
-                verify_tokenizer,
-            )
-
             (tmp / "tokenizer.model").write_bytes(sp_bytes)
             verify_tokenizer(save_hf_tokenizer(tmp / "tokenizer.model", tmp), tmp / "tokenizer.model")
             template = _gguf_field(gguf_path, "tokenizer.chat_template")

@@ -10,7 +10,9 @@ import torch
 
 from minimodel.common.errors import UserError, error_gist, hf_load_errors
 from minimodel.common.io import read_json_object
+from minimodel.config import model_config_of
 from minimodel.nn.model import MiniModel, ModelConfig
+from minimodel.nn.weights import read_safetensors
 
 WEIGHTS = "model.safetensors"
 
@@ -93,8 +95,6 @@ def native_config_of_hf(hf) -> ModelConfig:
 
 def _read_tensors(model_dir: Path) -> dict[str, torch.Tensor]:
     """All safetensors weights of a HF directory (single file or sharded with an index)."""
-    from minimodel.nn.weights import read_safetensors
-
     index = model_dir / f"{WEIGHTS}.index.json"
     if index.is_file():
         weight_map = read_json_object(index, "copy the model's files again").get("weight_map")
@@ -118,7 +118,6 @@ def native_from_hf(model_dir: Path) -> MiniModel:
 
     from transformers import AutoConfig
 
-    from minimodel.config import model_config_of
 
     read_json_object(model_dir / "config.json", "copy the model's config.json again")
     try:

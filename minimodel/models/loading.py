@@ -26,14 +26,15 @@ import torch
 from minimodel.common.errors import UserError, error_gist, hf_load_errors
 from minimodel.common.hub import hub_snapshot, is_hub_id, local_path_missing
 from minimodel.common.io import read_json_object
-from minimodel.models.causal_lm import (
-    CausalLM,
-    Source,
-    check_tokenizer_fits,
-    shape_of_hf_config,
-)
+from minimodel.config import RunConfig, StageConfig, model_config_of, read_run_config
+from minimodel.models.causal_lm import CausalLM, Source, check_tokenizer_fits, shape_of_hf_config
+from minimodel.models.gguf import gguf_to_hf
+from minimodel.models.hf_convert import native_from_hf
+from minimodel.models.lora import adapter_meta, restore_adapter
 from minimodel.nn.model import MiniModel, ModelConfig
+from minimodel.nn.weights import load_model_weights
 from minimodel.tokenizers.tokenizer import tokenizer_in
+from minimodel.train.checkpoint import verify_checkpoint
 
 NATIVE_CONFIG, WEIGHTS = "minimodel.json", "model.safetensors"
 
@@ -47,8 +48,6 @@ def resolve(spec: str | Path, adapter: str | Path | None = None, gguf_dir: str |
     p = Path(spec)
     if p.is_file():
         if p.suffix == ".gguf":
-            from minimodel.models.gguf import gguf_to_hf
-
             return Source(str(spec), "hf", gguf_to_hf(p, gguf_dir))
         raise UserError(f"{p} is a file but not a .gguf model; give a model directory, a .gguf file or a hub id")
     if p.is_dir():
@@ -81,8 +80,6 @@ def _resolve_dir(p: Path, spec: str, gguf_dir) -> Source:
         return Source(spec, "hf", p)
     ggufs = sorted(p.glob("*.gguf"))
     if len(ggufs) == 1:
-        from minimodel.models.gguf import gguf_to_hf
-
         return Source(spec, "hf", gguf_to_hf(ggufs[0], gguf_dir))
     what = f"several .gguf files ({', '.join(g.name for g in ggufs[:3])}): name one" if ggufs else (
         "no final/, minimodel.json, config.json or adapter_config.json")
@@ -92,14 +89,10 @@ def _resolve_dir(p: Path, spec: str, gguf_dir) -> Source:
 def adapter_base(adapter_dir: Path, run_dir: Path | None = None) -> str:
     """The base an adapter was trained on: minimodel_adapter.json's, else the run's [base] path,
     else peft's base_model_name_or_path."""
-    from minimodel.models.lora import adapter_meta
-
     meta = adapter_meta(adapter_dir, need_base=True)
     if meta is not None:
         return meta["base"]
     if run_dir is not None:
-        from minimodel.config import StageConfig, read_run_config
-
         cfg = read_run_config(run_dir).config
         if isinstance(cfg, StageConfig) and cfg.base.path:
             return cfg.base.path
@@ -126,12 +119,9 @@ def load(spec: str | Path | Source, adapter: str | Path | None = None, *, trust_
         net = _checkpoint_model(src)
     elif src.kind == "native" and backend == "transformers":
         net = MiniModel(read_native_config(src.path / NATIVE_CONFIG))
-        from minimodel.nn.weights import load_model_weights
 
         load_model_weights(net, src.path / WEIGHTS)
     elif native:
-        from minimodel.models.hf_convert import native_from_hf
-
         net = native_from_hf(src.path)
     elif backend == "unsloth":
         net = _unsloth_model(src, max_seq_len, load_in_4bit, trust_remote_code)
@@ -146,8 +136,6 @@ def load(spec: str | Path | Source, adapter: str | Path | None = None, *, trust_
 
 def _load_adapter(src: Source, trust_remote_code: bool, merge: bool) -> CausalLM:
     """Base + adapter through the one path that restores the adapter's vocabulary and embeddings."""
-    from minimodel.models.lora import adapter_meta, restore_adapter
-
     meta = adapter_meta(src.path)
     lm = load(src.base, trust_remote_code=trust_remote_code or bool(meta and meta.get("trust_remote_code")))
     restore_adapter(lm, src.path, meta)
@@ -171,16 +159,11 @@ def _trained_context(run_dir: Path | None, config: ModelConfig) -> int:
     """The sequence length a run trained at (what its evaluation should use), else the model's maximum."""
     if run_dir is None:
         return config.max_seq_len
-    from minimodel.config import read_run_config
 
     return min(read_run_config(run_dir).config.data.seq_len, config.max_seq_len)
 
 
 def _checkpoint_model(src: Source) -> MiniModel:
-    from minimodel.config import RunConfig, read_run_config
-    from minimodel.nn.weights import load_model_weights
-    from minimodel.train.checkpoint import verify_checkpoint
-
     cfg = read_run_config(src.run_dir).config
     if not isinstance(cfg, RunConfig):
         raise UserError(f"{src.path} is a checkpoint of an adapter stage (trainable tensors only); "
@@ -233,8 +216,6 @@ def model_shape(spec: str | Path) -> ModelConfig:
     if src.kind == "native":
         return read_native_config(src.path / NATIVE_CONFIG)
     if src.kind == "checkpoint":
-        from minimodel.config import read_run_config
-
         return read_run_config(src.run_dir).config.model_config()
     return shape_of_hf_config(SimpleNamespace(**read_json_object(src.path / "config.json", "copy config.json again")))
 
@@ -242,8 +223,6 @@ def model_shape(spec: str | Path) -> ModelConfig:
 def read_native_config(path: Path) -> ModelConfig:
     """The ModelConfig in a minimodel.json, every field type- and range-checked before a model is built
     (a string or a zero there would fail deep inside torch)."""
-    from minimodel.config import model_config_of
-
     return model_config_of(read_json_object(path, "export the model again"), str(path))
 
 

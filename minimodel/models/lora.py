@@ -32,7 +32,9 @@ import torch.nn as nn
 from minimodel.common.errors import UserError
 from minimodel.common.io import atomic_dir, read_json_object, write_text
 from minimodel.models.causal_lm import CausalLM
+from minimodel.models.vocab_resize import resize_vocab
 from minimodel.nn.model import MiniModel
+from minimodel.nn.weights import read_safetensors
 from minimodel.tokenizers.tokenizer import copy_tokenizer, open_tokenizer
 
 ADAPTER_META = "minimodel_adapter.json"
@@ -155,9 +157,6 @@ def restore_adapter(lm: CausalLM, adapter_dir: Path, meta: dict | None) -> Causa
     the trained embeddings restored, then peft's LoRA factors (unmerged). minimodel.models.loading calls
     this for every adapter, so evaluation, export and the stages see the same model. `meta` is
     adapter_meta(adapter_dir): None for a plain peft adapter (LoRA factors only)."""
-    from minimodel.models.vocab_resize import resize_vocab
-    from minimodel.nn.weights import read_safetensors
-
     adapter_dir = Path(adapter_dir)
     core = lm.core()
     if meta is not None and meta["vocab_size"] > lm.config.vocab_size:

@@ -24,13 +24,7 @@ from minimodel.common.io import write_text
 from minimodel.config import dump_toml, load_config
 from minimodel.data.stage_data import StageData
 from minimodel.train.optim import build_optimizers
-from minimodel.train.rundir import (
-    check_same_run,
-    command_line,
-    device_description,
-    git_commit,
-    RunDir,
-)
+from minimodel.train.rundir import RunDir, check_same_run, command_line, device_description, git_commit
 from minimodel.train.stopping import StopSignals, exit_status
 from minimodel.train.tracking import Tracker
 from minimodel.train.trainer import Job, train

@@ -17,14 +17,7 @@ from minimodel.data.stage_data import StageData
 from minimodel.models.causal_lm import CausalLM
 from minimodel.models.export import copy_tokenizer_files, export_model
 from minimodel.models.loading import load
-from minimodel.models.lora import (
-    TrainableView,
-    apply_lora,
-    apply_unsloth_lora,
-    full_finetune,
-    merge,
-    save_adapter,
-)
+from minimodel.models.lora import TrainableView, apply_lora, apply_unsloth_lora, full_finetune, merge, save_adapter
 from minimodel.models.vocab_resize import resize_vocab
 from minimodel.stages.lifecycle import Built
 from minimodel.tokenizers.tokenizer import Tokenizer, copy_tokenizer, tokenizer_relation

@@ -15,7 +15,7 @@ from typing import Protocol
 import torch
 
 from minimodel.common.errors import UserError, error_gist, hf_load_errors
-from minimodel.common.hub import is_hub_id
+from minimodel.common.hub import hub_snapshot, is_hub_id
 from minimodel.common.io import file_sha256
 from minimodel.tokenizers.chat import CHAT_TOKENS, EOS_ID, encode_chat, load_tokenizer
 
@@ -221,10 +221,6 @@ def open_tokenizer(path: str | Path) -> Tokenizer:
         return path
     p = Path(path)
     if is_hub_id(path):
-        from minimodel.common.hub import (
-            hub_snapshot,  # a hub id: its tokenizer files only
-        )
-
         p = hub_snapshot(str(path), tokenizer_only=True)
     if p.is_dir():
         tok = tokenizer_in(p)

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from minimodel.common.errors import UserError
+from minimodel.common.io import write_text
 
 
 class Tracker:
@@ -48,7 +49,6 @@ class Tracker:
         a kill mid-write, so metrics.jsonl holds each step once, in order."""
         if not self.enabled:
             return
-        from minimodel.common.io import write_text
 
         self.file.close()
         kept = []

@@ -9,7 +9,6 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -22,12 +21,7 @@ from minimodel.data.stage_data import StageData
 from minimodel.data.windows import Windows, val_window_ids
 from minimodel.nn.flops import device_peak_flops, flops_per_token
 from minimodel.train.checkpoint import load_checkpoint, resume_point, save_checkpoint
-from minimodel.train.numerics import (
-    NumericalFault,
-    SpikeDetector,
-    diagnose,
-    nonfinite_tensors,
-)
+from minimodel.train.numerics import NumericalFault, SpikeDetector, diagnose, nonfinite_tensors
 from minimodel.train.optim import lr_multiplier, set_lr
 from minimodel.train.rundir import RunDir
 from minimodel.train.stopping import StopSignals
