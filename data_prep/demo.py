@@ -188,7 +188,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--new-lang", default="ko", help="the language to teach (ko adds konlpy's corpora)")
     p.add_argument("--vocab-size", type=int, default=8192, help="shared tokenizer")
     p.add_argument("--base-vocab-size", type=int, default=4096, help="base-language-only tokenizer")
-    p.add_argument("--new-vocab-size", type=int, default=4096, help="tokenizer learned on the new language for extension")
+    p.add_argument("--new-vocab-size", type=int, default=4096,
+                   help="tokenizer learned on the new language for extension")
     p.add_argument("--val-fraction", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-proc", type=int, default=2)

@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None) -> None:
                    "(its tokenizer.json); --out is then a directory")
     p.add_argument("--input", action="append", required=True, help="LANG=GLOB of the new language")
     p.add_argument("--out", required=True)
-    p.add_argument("--new-vocab-size", type=int, default=8000, help="vocab of the tokenizer learned on the new language")
+    p.add_argument("--new-vocab-size", type=int, default=8000,
+                   help="vocab of the tokenizer learned on the new language")
     p.add_argument("--max-new", type=int, default=None, help="cap on pieces added")
     p.add_argument("--text-field", default="text")
     a = p.parse_args(argv)

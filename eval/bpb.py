@@ -106,7 +106,8 @@ def shard_docs(set_dir: Path, split: str, lm: CausalLM) -> tuple[list[list[int]]
     theirs = man["tokenizer"]["sha256"]
     if lm.tokenizer.sha256 != theirs:
         raise UserError(f"{set_dir} was tokenised with another tokenizer than {lm.name}'s (sha256 {theirs[:12]} vs "
-                        f"{(lm.tokenizer.sha256 or 'not sentencepiece')[:12]}); score its held-out text instead ({set_dir})")
+                        f"{(lm.tokenizer.sha256 or 'not sentencepiece')[:12]}); "
+                        f"score its held-out text instead ({set_dir})")
     dtype = np.dtype(man["dtype"]).newbyteorder("<")
     tokens = np.concatenate([np.fromfile(set_dir / s["file"], dtype=dtype) for s in man["splits"][split]["shards"]])
     eos = int(man["eos_id"])

@@ -48,8 +48,9 @@ def collect(out: Path) -> dict:
         raise UserError(f"{base_file} is missing: run python -m eval.bpb BASE --out {base_file} first "
                         "(recipes/forgetting_methods.sh does)")
     base = bpb_by_language(base_file)
-    walls = {r["run"]: r["wall_s"] for _, r in read_jsonl_objects(out / "timing.jsonl", "written by recipes/forgetting_methods.sh")} \
-        if (out / "timing.jsonl").is_file() else {}
+    timing = out / "timing.jsonl"
+    walls = {r["run"]: r["wall_s"] for _, r in read_jsonl_objects(timing, "written by recipes/forgetting_methods.sh")} \
+        if timing.is_file() else {}
     runs = sorted(p for p in (out / "arms").glob("*") if (p / "eval" / "bpb.json").is_file())
     if not runs:
         raise UserError(f"no evaluated arm under {out / 'arms'}: run recipes/forgetting_methods.sh")

@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     imports = find_imports(root)
     print("package import graph (import statements per pair):")
     for pkg, targets in graph(imports).items():
-        print(f"  {pkg:<10} -> " + (", ".join(f"{t} ({n})" for t, n in sorted(targets.items())) or "nothing outside itself"))
+        counts = ", ".join(f"{t} ({n})" for t, n in sorted(targets.items()))
+        print(f"  {pkg:<10} -> " + (counts or "nothing outside itself"))
     bad, loops = violations(imports), circles(imports, root)
     print("\n".join(map(str, bad)) + f"\n{len(bad)} import(s) against the allowed direction" if bad
           else "ok: imports go one way")

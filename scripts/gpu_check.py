@@ -4,8 +4,9 @@
     python -m scripts.gpu_check --device cpu --quick --out DIR    the CPU dry run (part of the tests)
     python -m scripts.gpu_check --render-only                     re-render docs/benchmarks.md
 
-Sections, in order (scripts/gpu_sections.py, scripts/gpu_lora.py): env, the CUDA-path tests (`pytest -m gpu`), the training
-step against transformers (104M, seq 1024/2048, eager/compiled), Muon's share of the step, the largest
+Sections, in order (scripts/gpu_sections.py, scripts/gpu_lora.py): env, the CUDA-path tests
+(`pytest -m gpu`), the training step against transformers (104M, seq 1024/2048, eager/compiled), Muon's
+share of the step, the largest
 104M micro-batch on a 24 GB card, the 7B LoRA recipe's peak memory, 300 steps of the 104M core, the
 sampling speed of generated replay at 104M. Each
 record is one JSON line appended (and flushed) to OUT/<date>-<gpu>.jsonl the moment it is measured, so

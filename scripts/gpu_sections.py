@@ -207,8 +207,9 @@ def microbatch_24gb(ck) -> None:
             def fits(b: int) -> bool:
                 free_memory(ck.device)
                 try:
-                    two_steps(model, opts, torch.randint(0, model.config.vocab_size, (b, seq), device=ck.device))
-                    peaks[b] = torch.cuda.max_memory_allocated(ck.device) / 2**30
+                    # called within this iteration only: seq and peaks are this iteration's
+                    two_steps(model, opts, torch.randint(0, model.config.vocab_size, (b, seq), device=ck.device))  # noqa: B023
+                    peaks[b] = torch.cuda.max_memory_allocated(ck.device) / 2**30  # noqa: B023
                     return True
                 except torch.OutOfMemoryError:
                     return False
@@ -217,7 +218,8 @@ def microbatch_24gb(ck) -> None:
 
             best, first_oom = largest_fitting(fits)
             ck.emit(preset="104m", seq=seq, cap_gib=CAP_24GB_GIB, max_micro_batch=best, first_oom=first_oom,
-                    peak_gib=round(peaks.get(best, float("nan")), 2), tried=sorted(peaks) + ([first_oom] if first_oom else []))
+                    peak_gib=round(peaks.get(best, float("nan")), 2),
+                    tried=sorted(peaks) + ([first_oom] if first_oom else []))
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0, ck.device)
         free_memory(ck.device)

@@ -111,7 +111,8 @@ def sections_md(records: list[dict]) -> str:
           f"{r['first_loss']:.3f} → {r['last_loss']:.3f}", f"{r['val_loss_start']:.3f} → {r['val_loss_end']:.3f}",
           cell(r["epochs"], 1), pct(r.get("mfu")), cell(r["tok_s"], 0), cell(r["wall_s"], 0)]
          for r in measured(records, "pretrain_300")])]
-    parts += ["### Generated replay: the base's sampling speed (minimodel.nn.generate, KV cache, bf16, temperature 1)", table(
+    parts += ["### Generated replay: the base's sampling speed "
+              "(minimodel.nn.generate, KV cache, bf16, temperature 1)", table(
         ["run (UTC)", "GPU", "params", "batch", "tokens per sample", "tok/s", "peak GiB"],
         [[when(r), cell(r["gpu"]), f"{r['params'] / 1e6:.1f}M", cell(r["batch"]), cell(r["sample_tokens"]),
           bold(cell(r["tok_s"], 0)), cell(r.get("peak_gib"))] for r in measured(records, "dream_replay")])]

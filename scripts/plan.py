@@ -237,7 +237,8 @@ def render(p: dict, config_path: str) -> str:
           if p.get("stage") and p["stage"]["frozen"] else []),
         f"  batch       {p['micro_batch']} seqs x {p['seq_len']} tokens x {p['grad_accum']} accum x {p['n_gpus']} GPUs"
         f" = {p['global_batch']:,} seqs = {p['tokens_per_step']:,} tokens/step (global batch)",
-        f"  tokens      {p['steps']:,} steps -> {_si(p['total_tokens'])} tokens ({p['tokens_per_param']:.1f} per param)",
+        f"  tokens      {p['steps']:,} steps -> {_si(p['total_tokens'])} tokens "
+        f"({p['tokens_per_param']:.1f} per param)",
         f"  FLOPs       {_si(p['flops_per_token'], 'FLOP')}/token -> {_si(p['train_flops'], 'FLOP')} to train",
         "  memory/GPU  " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in mem.items() if k != "total" and v)
         + f" -> {mem['total']:.1f} GiB (estimate)",

@@ -33,7 +33,8 @@ def test_every_kind_of_import_is_seen_and_named_by_file_and_line(tmp_path, capsy
             return importlib.import_module("scripts.plan")
         """)
     _write(tmp_path, "data_prep/x.py", "from minimodel.io import write_json\nfrom eval import models\n")
-    _write(tmp_path, "eval/y.py", "from minimodel.io import read_toml\nimport data_prep.shards\nfrom scripts import plan\n")
+    _write(tmp_path, "eval/y.py",
+           "from minimodel.io import read_toml\nimport data_prep.shards\nfrom scripts import plan\n")
     _write(tmp_path, "scripts/z.py", "import minimodel, data_prep.shards, eval.bpb\n")
     bad = violations(find_imports(tmp_path))
     assert [(str(i.path), i.line, i.target) for i in bad] == [

@@ -81,8 +81,8 @@ JSON = st.recursive(LEAVES, lambda c: st.lists(c, max_size=3) | st.dictionaries(
 # model shapes: small numbers only, so a fuzzed config never asks for gigabytes
 SMALL = st.one_of(st.none(), st.booleans(), st.integers(-3, 96), st.floats(-2, 100), st.text(max_size=6),
                   st.sampled_from(["llama", "qwen3", "gpt2", "bert", "mistral", "", "float32", "bfloat16"]))
-SMALL_JSON = st.recursive(SMALL, lambda c: st.lists(c, max_size=2) | st.dictionaries(st.text(max_size=5), c, max_size=2),
-                          max_leaves=4)
+SMALL_JSON = st.recursive(
+    SMALL, lambda c: st.lists(c, max_size=2) | st.dictionaries(st.text(max_size=5), c, max_size=2), max_leaves=4)
 
 
 def _paths(doc, prefix=()):

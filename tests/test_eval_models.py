@@ -108,7 +108,7 @@ def test_bpb_cli_and_bad_input(native, english_set, tmp_path, capsys):
     saved = json.loads((run / "eval" / "bpb.json").read_text())
     assert saved == json.loads(json.dumps(doc)) and set(saved["sets"]) == {"en_heldout", "en_val"}
     assert saved["stage"] == "base" and saved["command"].startswith("python -m eval.bpb")
-    for bad, msg in [([str(run), "--data", f"heldout={held}"], "language code"),
+    for bad, _msg in [([str(run), "--data", f"heldout={held}"], "language code"),
                      ([str(run), "--data", str(tmp_path / "missing.jsonl")], "not found"),
                      ([str(tmp_path), "--data", str(held)], "model not found|not a run|no tokenizer|cannot load")]:
         with pytest.raises(SystemExit) as e:

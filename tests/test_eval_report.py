@@ -67,7 +67,8 @@ def test_report_from_real_runs(runs, tmp_path):
         assert f["relative"] == pytest.approx((f["bpb_adapted"] - f["bpb_base"]) / f["bpb_base"])
     assert [v.split(" ")[0] for v in rep["verdicts"]["cpt"]] == ["English", "Korean"]
     bwt = rep["backward_transfer"]["cpt"]  # core's English, from after the core to after the CPT
-    assert [t["set"] for t in bwt["terms"]] == ["en_heldout"] and bwt["bwt"] == pytest.approx(rows["en_heldout"]["absolute"])
+    assert [t["set"] for t in bwt["terms"]] == ["en_heldout"]
+    assert bwt["bwt"] == pytest.approx(rows["en_heldout"]["absolute"])
     assert {p["model"] for p in rep["pareto"]} == {"core", "cpt"} and any(p["pareto"] for p in rep["pareto"])
     assert rep["reproduce"]["core"]["seed"] == 1337 and rep["reproduce"]["cpt"]["seed"] == 7
     assert any("eval.bpb" in c for c in rep["reproduce"]["cpt"]["eval"])
@@ -158,5 +159,6 @@ def test_eval_forgetting_scores_each_run_at_its_training_context(runs, tmp_path)
                            env={**env, **extra}, timeout=60)
         assert r.returncode == 0, r.stderr
         calls = {c.split()[1]: c for c in log.read_text().splitlines()}
-        assert ("--ctx 32" in calls["eval.bpb"]) == bool(ctx) and ("--max-length 32" in calls["eval.harness"]) == bool(ctx)
+        assert ("--ctx 32" in calls["eval.bpb"]) == bool(ctx)
+        assert ("--max-length 32" in calls["eval.harness"]) == bool(ctx)
         assert ctx or "--ctx" not in calls["eval.bpb"] and "--max-length" not in calls["eval.harness"]

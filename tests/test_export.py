@@ -88,8 +88,8 @@ def test_vocab_extended_tokenizer_converts_exactly(tmp_path):
     en, ko = fixture_docs("english_web.jsonl"), fixture_docs("korean_1961.jsonl")
     base = train_tokenizer(en, tmp_path / "en.model", 1024)
     extend_tokenizer(base, ko, tmp_path / "enko.model", new_vocab_size=1536)
-    checked = verify_tokenizer(build_hf_tokenizer(tmp_path / "enko.model"), tmp_path / "enko.model",
-                               {f"ko{i}": t for i, t in enumerate(ko[:20])} | {f"en{i}": t for i, t in enumerate(en[:5])})
+    texts = {f"ko{i}": t for i, t in enumerate(ko[:20])} | {f"en{i}": t for i, t in enumerate(en[:5])}
+    checked = verify_tokenizer(build_hf_tokenizer(tmp_path / "enko.model"), tmp_path / "enko.model", texts)
     assert checked["ko0"] > 100
 
 
@@ -170,7 +170,8 @@ def test_export_run_cli_from_a_pretrained_run(english_set, tmp_path):
     from minimodel.pretrain import run
 
     run_dir = tmp_path / "run"
-    run(load_config(None, tiny_overrides(english_set, run_dir, **{"train.steps": 6, "train.ckpt_every": 3, "train.eval_every": 6})))
+    steps = {"train.steps": 6, "train.ckpt_every": 3, "train.eval_every": 6}
+    run(load_config(None, tiny_overrides(english_set, run_dir, **steps)))
     env = {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-m", "minimodel.export", str(run_dir), str(tmp_path / "hf")],
                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)

@@ -62,7 +62,7 @@ def test_cpu_dry_run_with_only_the_gpu_machines_packages(tmp_path):
 def test_largest_fitting_finds_the_edge():
     for edge in (1, 7, 8, 37, 300):
         tried = []
-        best, failed = largest_fitting(lambda b: tried.append(b) or b <= edge)
+        best, failed = largest_fitting(lambda b: tried.append(b) or b <= edge)  # noqa: B023 (called here)
         assert (best, failed) == (edge, edge + 1) and len(tried) < 20
     assert largest_fitting(lambda b: False) == (0, 1)
     assert largest_fitting(lambda b: True, limit=64) == (64, None)

@@ -29,7 +29,7 @@ def hf_model(qk_norm: bool, tied: bool, seed: int = 0):
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(hf_cfg).eval()
     with torch.no_grad():  # norms start at 1: make them non-trivial so a mix-up shows
-        for n, p in model.named_parameters():
+        for _n, p in model.named_parameters():
             if p.ndim == 1:
                 p.uniform_(0.5, 1.5)
     return model
@@ -86,7 +86,8 @@ def test_native_export_loads_back_into_native(bi_tok, tmp_path):
 @pytest.mark.parametrize("make,feature", [
     (lambda: __import__("transformers").Qwen2Config(num_hidden_layers=1), "attention biases"),
     (lambda: __import__("transformers").LlamaConfig(num_hidden_layers=1, attention_bias=True), "attention biases"),
-    (lambda: __import__("transformers").MistralConfig(num_hidden_layers=1, sliding_window=64), "sliding-window attention"),
+    (lambda: __import__("transformers").MistralConfig(num_hidden_layers=1, sliding_window=64),
+     "sliding-window attention"),
     (lambda: __import__("transformers").LlamaConfig(num_hidden_layers=1, rope_parameters={
         "rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0, "low_freq_factor": 1.0,
         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}), r"RoPE scaling \(llama3\)"),
@@ -176,7 +177,7 @@ def test_gguf_import_dequantises_q8_0(bi_tok, tmp_path, monkeypatch):
     # the reference: the source weights through Q8_0 and back
     q8 = gguf.GGMLQuantizationType.Q8_0
     with torch.no_grad():
-        for name, p in src.named_parameters():
+        for _name, p in src.named_parameters():
             if p.ndim == 2:
                 p.copy_(torch.from_numpy(gguf.quants.dequantize(gguf.quants.quantize(p.numpy(), q8), q8)))
         sd = model.state_dict()

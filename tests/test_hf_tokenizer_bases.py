@@ -357,7 +357,8 @@ def test_the_chain_through_the_cli(base_name, extend, llama_base, qwen_base, tmp
     base = {"llama": llama_base, "qwen": qwen_base}[base_name]
     ko, en = fixture_docs("korean_1961.jsonl"), fixture_docs("english_web.jsonl")
     for name, docs in (("ko", ko), ("en", en)):
-        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs))
+        lines = (json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs)
+        (tmp_path / f"{name}.jsonl").write_text("".join(lines))
     (tmp_path / "sft.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for _, r in sft_records()))
 
     def cli(*args):
@@ -372,15 +373,15 @@ def test_the_chain_through_the_cli(base_name, extend, llama_base, qwen_base, tmp
             "--new-vocab-size", 2000, "--max-new", 300)
         tok = tmp_path / "tok"
     for lang in ("ko", "en"):
-        cli("data_prep.prepare", "--out", tmp_path / f"{lang}_set", "--files", tmp_path / f"{lang}.jsonl", "--lang", lang,
-            "--tokenizer", tok, "--val-fraction", "0.1")
+        cli("data_prep.prepare", "--out", tmp_path / f"{lang}_set", "--files", tmp_path / f"{lang}.jsonl",
+            "--lang", lang, "--tokenizer", tok, "--val-fraction", "0.1")
     common = ["lora.rank=8", "lora.alpha=16", "optim.lr=2e-3", "optim.warmup_steps=2", "train.micro_batch=8",
               "train.eval_every=4", "train.eval_batches=2", "train.ckpt_every=4", "train.progress=false",
               "train.dtype=fp32", "data.seq_len=64", "train.steps=4"]
     cli("minimodel.cpt", f"base.path={base}", f"data.path={tmp_path / 'ko_set'}", f"replay.path={tmp_path / 'en_set'}",
         "replay.ratio=0.05", f"train.out_dir={tmp_path / 'cpt'}", *common)
-    cli("data_prep.sft", "--out", tmp_path / "sft_set", "--files", tmp_path / "sft.jsonl", "--tokenizer", tmp_path / "cpt" / "final",
-        "--val-fraction", "0.2")
+    cli("data_prep.sft", "--out", tmp_path / "sft_set", "--files", tmp_path / "sft.jsonl",
+        "--tokenizer", tmp_path / "cpt" / "final", "--val-fraction", "0.2")
     cli("minimodel.sft", f"base.path={tmp_path / 'cpt'}", f"data.path={tmp_path / 'sft_set'}",
         f"train.out_dir={tmp_path / 'sft'}", *common)
     sets = ["--data", f"ko={tmp_path / 'ko.jsonl'}", "--data", f"en={tmp_path / 'en.jsonl'}", "--max-docs", 3]

@@ -82,7 +82,8 @@ def test_torchrun_two_ranks_end_identical(english_set, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert "world_size = 2" in (out / "config.toml").read_text()
     init = MiniModel(model_config_from("tiny", vocab_size=1024, d_model=64, n_layers=2, ffn_dim=192))
-    assert not torch.equal(a["model.layers.0.mlp.up_proj.weight"], init.state_dict()["model.layers.0.mlp.up_proj.weight"])
+    up = "model.layers.0.mlp.up_proj.weight"
+    assert not torch.equal(a[up], init.state_dict()[up])
 
 
 def _copy_set(src, dst):

@@ -120,7 +120,8 @@ def test_ctrl_c_finishes_the_step_under_way_and_resumes_bitwise(english_set, tmp
     monkeypatch.undo()
     assert run(cfg)["step"] == 8
     assert "resumed from" in capfd.readouterr().err
-    a, b = load_file(tmp_path / "straight" / "final" / "model.safetensors"), load_file(out / "final" / "model.safetensors")
+    a = load_file(tmp_path / "straight" / "final" / "model.safetensors")
+    b = load_file(out / "final" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert [(m["step"], m.get("loss")) for m in read_metrics(out)] == \
            [(m["step"], m.get("loss")) for m in read_metrics(tmp_path / "straight")]

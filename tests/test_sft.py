@@ -22,7 +22,7 @@ def sft_set(bilingual, tmp_path_factory):
     recs = []
     for lang, name in (("ko", "korean_1961.jsonl"), ("en", "english_web.jsonl")):
         for i, doc in enumerate(read_docs(name)[:40]):
-            lines = [l for l in doc.split("\n") if l.strip()]
+            lines = [line for line in doc.split("\n") if line.strip()]
             recs.append((f"{lang}{i}", {"id": f"{lang}{i}", "instruction": "Continue the passage.",
                                         "input": lines[0][:40], "output": " ".join(lines[1:3])[:80]}))
     out = tmp_path_factory.mktemp("sft") / "set"

@@ -138,8 +138,8 @@ def load_sft_split(set_dir: str | Path, split: str) -> tuple[dict, np.ndarray, n
     mask = np.fromfile(set_dir / s["mask_file"], dtype=np.uint8)
     idx = np.fromfile(set_dir / s["index_file"], dtype="<u8")
     # offsets start at 0, never decrease and end at the token count; anything else is a damaged file
-    if len(ids) != len(mask) or not len(idx) or idx[0] != 0 or idx[-1] != len(ids) or np.any(np.diff(idx.astype(np.int64)) < 0) \
-            or idx.max(initial=0) > len(ids):
+    if len(ids) != len(mask) or not len(idx) or idx[0] != 0 or idx[-1] != len(ids) \
+            or np.any(np.diff(idx.astype(np.int64)) < 0) or idx.max(initial=0) > len(ids):
         raise UserError(f"{set_dir}/{split}: tokens, mask and index disagree: truncated set, prepare it again")
     return m, ids, mask, idx.astype(np.int64)
 

@@ -76,8 +76,8 @@ class TokenShards:
         (default: the pretraining model's vocab_size)."""
         if self.manifest["vocab_size"] > vocab_size:
             raise UserError(f"{self.data_dir} uses a tokenizer of {self.manifest['vocab_size']} tokens but the "
-                            + (f"model has {vocab_size} rows: {fix}" if fix else
-                               f"model has vocab_size={vocab_size}; set model.vocab_size={self.manifest['vocab_size']}"))
+                            + (f"model has {vocab_size} rows: {fix}" if fix else f"model has vocab_size={vocab_size}; "
+                               f"set model.vocab_size={self.manifest['vocab_size']}"))
         for entry, arr in zip(self.info["shards"], self.shards):
             for start in range(0, len(arr), 1 << 24):  # chunked: shards can be large
                 hi = int(arr[start:start + (1 << 24)].max(initial=0))
@@ -121,7 +121,8 @@ class TrainStream:
         return self.position / self.shards.n_windows
 
 
-def val_window_ids(shards: TokenShards, n_batches: int, micro_batch: int, rank: int, world_size: int) -> list[list[int]]:
+def val_window_ids(shards: TokenShards, n_batches: int, micro_batch: int, rank: int,
+                   world_size: int) -> list[list[int]]:
     """Fixed, spread-out validation windows, split across ranks; same set every evaluation."""
     total = min(n_batches * micro_batch * world_size, shards.n_windows)
     picks = np.linspace(0, shards.n_windows - 1, total).round().astype(np.int64)

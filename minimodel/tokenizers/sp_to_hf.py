@@ -160,7 +160,8 @@ def verify_tokenizer(hf_tok, sp_path: str | Path, texts: dict[str, str] | None =
         if got != want:
             i = next((k for k, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
             raise UserError(f"exported tokenizer differs from {Path(sp_path).name} on {name} text at token {i}: "
-                            f"{hf_tok.convert_ids_to_tokens(got[i:i + 3])} vs {[sp.id_to_piece(t) for t in want[i:i + 3]]}; "
+                            f"{hf_tok.convert_ids_to_tokens(got[i:i + 3])} vs "
+                            f"{[sp.id_to_piece(t) for t in want[i:i + 3]]}; "
                             "the export is not usable (report this tokenizer)")
         if hf_tok.decode(got) != sp.decode(want):
             raise UserError(f"exported tokenizer decodes {name} text differently from sentencepiece")

@@ -235,7 +235,8 @@ def preflight(out_dir: Path, model: nn.Module, n_optim_states: int) -> RunLock:
         out_dir.mkdir(parents=True, exist_ok=True)
         lock = RunLock.acquire(out_dir)  # its write is the writability probe
     except OSError as e:
-        raise UserError(f"run directory {out_dir} is not writable ({e.strerror}); choose another train.out_dir") from None
+        raise UserError(f"run directory {out_dir} is not writable ({e.strerror}); "
+                        "choose another train.out_dir") from None
     need = run_bytes_needed(model, n_optim_states)
     free = shutil.disk_usage(out_dir).free
     if free < need:
