@@ -16,10 +16,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
-import tomllib
-
 from minimodel.common.errors import UserError
-from minimodel.common.io import read_toml
+from minimodel.common.io import read_toml, tomllib
 from minimodel.nn.model import PRESETS, ModelConfig, model_config_from
 
 

@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import tomllib
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT
+from minimodel.common.io import tomllib  # tomli on Python 3.10
 from minimodel.models.loading import load
 from minimodel.config import CptConfig, load_config
 from minimodel.cpt import run

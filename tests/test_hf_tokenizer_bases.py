@@ -5,7 +5,6 @@ import math
 import os
 import subprocess
 import sys
-import tomllib
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ import torch
 from conftest import ROOT
 from test_cpt_fixtures import bilingual  # noqa: F401
 from hf_helpers import fixture_docs
+from minimodel.common.io import tomllib  # tomli on Python 3.10
 from minimodel.common.errors import UserError
 from minimodel.tokenizers.tokenizer import HFTokenizer, open_tokenizer
 

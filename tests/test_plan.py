@@ -5,12 +5,12 @@ import os
 import socket
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
 import torch
 
+from minimodel.common.io import tomllib  # tomli on Python 3.10
 from minimodel.config import load_config
 from minimodel.common.errors import UserError
 from minimodel.nn.flops import flops_per_token

@@ -1,13 +1,12 @@
 """The SFT stage: loss only on assistant tokens, full fine-tuning of a core (Muon), LoRA on top of a
 CPT result (the reference recipe's second stage)."""
-import tomllib
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from conftest import read_docs
 from data_prep.sft import prepare_sft, read_sft
+from minimodel.common.io import tomllib  # tomli on Python 3.10
 from minimodel.models.loading import load
 from minimodel.config import CptConfig, StageConfig, load_config
 from minimodel.common.errors import UserError
