@@ -49,10 +49,11 @@ def evaluate(model: nn.Module, val: Windows, cfg: Config, dist: DistInfo,
     sums = torch.zeros(3, dtype=torch.float64)  # nll, tokens, bytes
     for ids in val_window_ids(val, cfg.train.eval_batches, cfg.train.micro_batch, dist.rank, dist.world_size):
         x, y = val.batch(ids)
+        targets = y.cpu()  # once, before the move (a no-op for the CPU batches the data sets give)
         x, y = x.to(dist.device), y.to(dist.device)
         with autocast_ctx(dist.device, cfg.train.dtype):
             nll = model(x, y, reduction="sum")
-        valid = y.cpu()[y.cpu() != -100]
+        valid = targets[targets != -100]
         sums[0] += nll.double().cpu()
         sums[1] += valid.numel()
         sums[2] += token_bytes[valid].sum() if token_bytes is not None else 0
@@ -147,6 +148,8 @@ def train(job: Job) -> TrainState:
     fpt = flops_per_token(mcfg, model.num_params(), cfg.data.seq_len)
     peak = device_peak_flops(dist.device) * dist.world_size
     need = run_bytes_needed(ckpt_model, n_optim_states=2)
+    # skipped steps in a row: set before checkpoint() below, which saves it, can ever run
+    consecutive_skips = found[1].get("consecutive_skips", 0) if found is not None else 0
 
     def checkpoint(position: int | None = None):
         broken = nonfinite_tensors(ckpt_model, grads=False)  # never let broken weights replace good ones
@@ -194,7 +197,6 @@ def train(job: Job) -> TrainState:
     t_last, tokens_last = time.perf_counter(), state.tokens
     last_ckpt_step = state.step
     saved_any = found is not None
-    consecutive_skips = found[1].get("consecutive_skips", 0) if found is not None else 0
     while state.step < tc.steps:
         if tc.stop_at_step and state.step >= tc.stop_at_step:
             break
