@@ -213,14 +213,25 @@ def model_shape(spec: str | Path) -> ModelConfig:
     if is_hub_id(spec):
         import os
 
+        from httpx import HTTPError
         from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import (
+            EntryNotFoundError,
+            HfHubHTTPError,
+            HFValidationError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+        )
 
         if why := local_path_missing(spec):
             raise UserError(f"base not found locally: {spec} ({why}); make it first (train or copy the base "
                             "there) or point base.path at an existing directory")
         try:
             config = Path(hf_hub_download(str(spec), "config.json"))
-        except Exception as e:  # noqa: BLE001  any hub failure (offline, missing, gated) is the line below
+        # offline with no cached copy; no such (or a gated) repo; no config.json in it; another HTTP answer;
+        # a malformed id; the HTTP client's own failures (a proxy, a cut download); the cache directory
+        except (LocalEntryNotFoundError, RepositoryNotFoundError, EntryNotFoundError, HfHubHTTPError,
+                HFValidationError, HTTPError, OSError) as e:
             if os.environ.get("HF_HUB_OFFLINE") == "1":
                 raise UserError(f"base not found locally: {spec} (no such directory, and the hub is offline "
                                 "(HF_HUB_OFFLINE=1) with no cached copy): point base.path at a local directory, "
