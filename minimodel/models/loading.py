@@ -147,16 +147,13 @@ def load(spec: str | Path | Source, adapter: str | Path | None = None, *, trust_
 def _load_adapter(src: Source, trust_remote_code: bool, merge: bool) -> CausalLM:
     """Base + adapter through the one path that restores the adapter's vocabulary and embeddings."""
     from minimodel.models.lora import adapter_meta, restore_adapter
+    from minimodel.models.lora import merge as merge_adapter
 
     meta = adapter_meta(src.path)
     lm = load(src.base, trust_remote_code=trust_remote_code or bool(meta and meta.get("trust_remote_code")))
     restore_adapter(lm, src.path, meta)
     if merge:
-        try:
-            lm.net = lm.net.merge_and_unload()
-        except (NotImplementedError, ValueError) as e:  # peft loads some variants it cannot merge
-            raise UserError(f"cannot merge the adapter in {src.path} into its base ({error_gist(e)}); "
-                            "its adapter_config.json asks for a LoRA variant peft cannot merge") from None
+        merge_adapter(lm, src.path)
     lm.eval()
     for p in lm.parameters():
         p.requires_grad_(False)
