@@ -100,16 +100,25 @@ def logits_diff(native: MiniModel, hf_dir: Path, batch: torch.Tensor | None = No
     return (native.float().eval()(batch) - hf(batch).logits).abs().max().item()
 
 
+def check_reload(native: MiniModel, hf_dir: Path, what: str = "exported model",
+                 outcome: str = "the export is not usable") -> float:
+    """The one reload check (export, export with a Hugging Face tokenizer, save_native): `hf_dir` reloaded
+    with transformers gives `native`'s fp32 logits within LOGITS_TOL. Returns the max |difference|; a
+    UserError naming `what` was checked and the `outcome` otherwise."""
+    diff = logits_diff(native, hf_dir)
+    if not diff < LOGITS_TOL:  # also catches NaN
+        raise UserError(f"{what} reloaded by transformers differs from the native model: "
+                        f"max |logit diff| {diff:.3g} >= {LOGITS_TOL} (fp32); {outcome}")
+    return diff
+
+
 def verify_export(out: Path, native: MiniModel, sp_path: Path, texts: dict[str, str] | None = None) -> dict:
     """Reload `out` with transformers and compare with the native model and tokenizer; UserError on mismatch."""
     from transformers import AutoTokenizer
 
     from minimodel.tokenizers.sp_to_hf import verify_tokenizer
 
-    diff = logits_diff(native, out)
-    if not diff < LOGITS_TOL:  # also catches NaN
-        raise UserError(f"exported model reloaded by transformers differs from the native model: "
-                        f"max |logit diff| {diff:.3g} >= {LOGITS_TOL} (fp32); the export is not usable")
+    diff = check_reload(native, out)
     tok = AutoTokenizer.from_pretrained(out)
     checked = verify_tokenizer(tok, sp_path, texts)
     return {"max_abs_logit_diff": diff, "tokens_compared": checked}
@@ -139,10 +148,7 @@ def export_model(model: MiniModel, sp_path: str | Path, out_dir: str | Path,
         with atomic_dir(out_dir) as tmp:
             write_model_files(model, tmp, [tok.eos_id], (tok.bos_id, tok.eos_id, tok.pad_id))
             copy_tokenizer(tok, tmp)
-            diff = logits_diff(native, tmp)
-            if not diff < LOGITS_TOL:
-                raise UserError(f"exported model reloaded by transformers differs from the native model: "
-                                f"max |logit diff| {diff:.3g} >= {LOGITS_TOL} (fp32); the export is not usable")
+            diff = check_reload(native, tmp)
         return Path(out_dir), {"max_abs_logit_diff": diff, "tokens_compared": {}}
     sp_path, out_dir = Path(sp_path), Path(out_dir)
     sp = load_tokenizer(sp_path)
@@ -214,7 +220,5 @@ def save_native(model: MiniModel, out_dir: str | Path, tokenizer_from: str | Pat
             copy_tokenizer_files(Path(tokenizer_from), tmp)
             if (Path(tokenizer_from) / "tokenizer.model").is_file():
                 shutil.copyfile(Path(tokenizer_from) / "tokenizer.model", tmp / "tokenizer.model")
-        diff = logits_diff(native, tmp)
-        if not diff < LOGITS_TOL:
-            raise UserError(f"the saved model reloads with other logits (max diff {diff:.3g}); not written")
+        check_reload(native, tmp, "saved model", "not written")
     return Path(out_dir)
