@@ -73,9 +73,24 @@ def _metrics(run_dir: Path) -> list[dict]:
     return rows
 
 
-def training_language(data_path: str) -> str | None:
-    """The language of the run's training data (the largest component of a replay mixture)."""
-    man = _json(Path(data_path) / "manifest.json") if data_path else None
+def data_set_dir(path: str, run_dir: Path | None = None) -> Path:
+    """A data set as a run's config.toml names it. A relative path is relative to where the stage ran
+    (the project root that holds runs/, e.g. data/demo_en beside runs/quickstart/core): it is taken as
+    it stands when it names a prepared set (manifest.json) from here, else from the nearest ancestor of
+    the run directory where it does, so the report gives the same answer from any directory."""
+    p = Path(path)
+    if p.is_absolute() or (p / "manifest.json").is_file() or run_dir is None:
+        return p
+    for root in Path(run_dir).resolve().parents:
+        if (root / p / "manifest.json").is_file():
+            return root / p
+    return p
+
+
+def training_language(data_path: str, run_dir: Path | None = None) -> str | None:
+    """The language of the run's training data (the largest component of a replay mixture); relative
+    paths found as data_set_dir finds them."""
+    man = _json(data_set_dir(data_path, run_dir) / "manifest.json") if data_path else None
     if not man:
         return None
     if man.get("language"):
@@ -83,7 +98,7 @@ def training_language(data_path: str) -> str | None:
     comps = [s for s in man.get("sources", []) if s.get("kind") == "mixture"]
     if comps:
         top = max(comps, key=lambda s: s.get("weight", 0))
-        sub = _json(Path(top["set"]) / "manifest.json") or {}
+        sub = _json(data_set_dir(top["set"], run_dir) / "manifest.json") or {}
         return sub.get("language")
     return None
 
@@ -134,7 +149,7 @@ def collect_run(run_dir: Path, rate: float) -> dict:
             "cost_usd": device_h * rate if device_h is not None else None,
             "hardware": f"{run.world_size}x {hardware(run.device, cfg.train.device)}",
             "tok_per_s": statistics.median(tps) if tps else None, "summary": summary,
-            "language": training_language(cfg.data.path), "seed": cfg.train.seed,
+            "language": training_language(cfg.data.path, run_dir), "seed": cfg.train.seed,
             "commit": run.commit, "command": run.command}
 
 
