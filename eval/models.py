@@ -12,17 +12,12 @@ from pathlib import Path
 
 import torch
 
+from minimodel.common.distributed import pick_device
 from minimodel.common.errors import UserError
 from minimodel.models.causal_lm import CausalLM
 from minimodel.models.loading import load
 
 EXTERNAL_CONTEXT = 2048  # default context for a model not trained here (a run is scored at its own)
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def load_model(spec: str | Path, adapter: str | Path | None = None, device: str = "auto",

@@ -53,8 +53,10 @@ def _check_stage_docs(run_dir: Path, bpb: dict, gens: dict | None, lme: dict | N
                 and isinstance(x.get("repetition"), dict) for x in samples):
             raise UserError(f"{run_dir / 'eval' / 'generations.json'} is damaged (samples lack id, lang, kind, "
                             "prompt, mode, text or repetition); re-run eval.generations")
-    if lme is not None and not (isinstance(lme.get("results", {}), dict) and isinstance(lme.get("items", {}), (dict, type(None)))):
-        raise UserError(f"{run_dir / 'eval' / 'lm_eval.json'} is damaged (results is not an object); re-run eval.harness")
+    if lme is not None and not (isinstance(lme.get("results", {}), dict)
+                                and isinstance(lme.get("items", {}), (dict, type(None)))):
+        raise UserError(f"{run_dir / 'eval' / 'lm_eval.json'} is damaged (results is not an object); "
+                        "re-run eval.harness")
 
 
 def _metrics(run_dir: Path) -> list[dict]:
@@ -72,9 +74,24 @@ def _metrics(run_dir: Path) -> list[dict]:
     return rows
 
 
-def training_language(data_path: str) -> str | None:
-    """The language of the run's training data (the largest component of a replay mixture)."""
-    man = _json(Path(data_path) / "manifest.json") if data_path else None
+def data_set_dir(path: str, run_dir: Path | None = None) -> Path:
+    """A data set as a run's config.toml names it. A relative path is relative to where the stage ran
+    (the project root that holds runs/, e.g. data/demo_en beside runs/quickstart/core): it is taken as
+    it stands when it names a prepared set (manifest.json) from here, else from the nearest ancestor of
+    the run directory where it does, so the report gives the same answer from any directory."""
+    p = Path(path)
+    if p.is_absolute() or (p / "manifest.json").is_file() or run_dir is None:
+        return p
+    for root in Path(run_dir).resolve().parents:
+        if (root / p / "manifest.json").is_file():
+            return root / p
+    return p
+
+
+def training_language(data_path: str, run_dir: Path | None = None) -> str | None:
+    """The language of the run's training data (the largest component of a replay mixture); relative
+    paths found as data_set_dir finds them."""
+    man = _json(data_set_dir(data_path, run_dir) / "manifest.json") if data_path else None
     if not man:
         return None
     if man.get("language"):
@@ -82,7 +99,7 @@ def training_language(data_path: str) -> str | None:
     comps = [s for s in man.get("sources", []) if s.get("kind") == "mixture"]
     if comps:
         top = max(comps, key=lambda s: s.get("weight", 0))
-        sub = _json(Path(top["set"]) / "manifest.json") or {}
+        sub = _json(data_set_dir(top["set"], run_dir) / "manifest.json") or {}
         return sub.get("language")
     return None
 
@@ -133,7 +150,7 @@ def collect_run(run_dir: Path, rate: float) -> dict:
             "cost_usd": device_h * rate if device_h is not None else None,
             "hardware": f"{run.world_size}x {hardware(run.device, cfg.train.device)}",
             "tok_per_s": statistics.median(tps) if tps else None, "summary": summary,
-            "language": training_language(cfg.data.path), "seed": cfg.train.seed,
+            "language": training_language(cfg.data.path, run_dir), "seed": cfg.train.seed,
             "commit": run.commit, "command": run.command}
 
 
@@ -241,7 +258,8 @@ def forgetting_curves(runs: dict) -> dict[str, dict[str, list]]:
                     curves.setdefault(k[len("val_bpb_"):], []).append((m["step"], v))
         if not curves and r["base"]:
             label = f"{r['language'] or 'train'}_val"
-            curves[label] = [(m["step"], m["val_bpb"]) for m in r["metrics"] if isinstance(m.get("val_bpb"), (int, float))]
+            curves[label] = [(m["step"], m["val_bpb"]) for m in r["metrics"]
+                             if isinstance(m.get("val_bpb"), (int, float))]
         if r["base"] and r["metrics"]:
             # held-out endpoints for every language: the base at the run's first step, the result at its last
             steps = [m["step"] for m in r["metrics"] if "step" in m]
@@ -372,9 +390,11 @@ def build(run_dirs: list[Path], rate: float = DEFAULT_USD_PER_GPU_HOUR) -> tuple
     for s in sorted({s for r in runs.values() for s in r["bpb_doc"]["sets"]}):
         ctxs = {n: r["bpb_doc"]["sets"][s].get("context") for n, r in runs.items() if s in r["bpb_doc"]["sets"]}
         if len(set(ctxs.values())) > 1:
-            warnings.append(f"{s} was scored at different contexts ({', '.join(f'{n}: {c}' for n, c in ctxs.items())}); "
+            where = ", ".join(f"{n}: {c}" for n, c in ctxs.items())
+            warnings.append(f"{s} was scored at different contexts ({where}); "
                             "re-run python -m eval.bpb with the same --ctx for a like-for-like comparison")
-    report = {"warnings": warnings, "models": models, "forgetting": forgetting, "verdicts": verdicts, "benchmark_deltas": deltas,
+    report = {"warnings": warnings, "models": models, "forgetting": forgetting, "verdicts": verdicts,
+              "benchmark_deltas": deltas,
               "backward_transfer": bwt, "languages": {"original": orig, "new": new},
               "chance": {t: chance_level(t) for t in sorted({t for m in models.values() for t in m["benchmarks"]})},
               "pareto": pts, "forgetting_curves": {n: {s: [list(p) for p in c] for s, c in sets.items()}
@@ -423,16 +443,20 @@ def render_md(rep: dict) -> str:
         shape = (f"{c['preset'] + ' ' if c['preset'] else ''}d{c['d_model']} L{c['n_layers']}"
                  + (f", {c['tokenizer']} tokenizer" if c.get("tokenizer") else "")
                  + (f", LoRA r{c['lora_rank']}" if c["lora_rank"] else "")
-                 + (", full FT" if c["full_finetune"] else "") + (f", replay {c['replay_ratio']:.0%}" if c["replay_ratio"] else ""))
+                 + (", full FT" if c["full_finetune"] else "")
+                 + (f", replay {c['replay_ratio']:.0%}" if c["replay_ratio"] else ""))
         L.append(f"| {n} | {m['stage']} | {m['base'] or '–'} | {shape} | {c['optimizer'] or '–'} | "
-                 f"{fmt(m['params'] and m['params'] / 1e6, '.2f')}M | {fmt(m['tokens'] and m['tokens'] / 1e6, '.2f')}M | "
-                 f"{fmt(m['wall_s'] and m['wall_s'] / 60, '.1f')} min | {m['hardware']} | {fmt(m['device_hours'], '.3f')} | "
+                 f"{fmt(m['params'] and m['params'] / 1e6, '.2f')}M | "
+                 f"{fmt(m['tokens'] and m['tokens'] / 1e6, '.2f')}M | "
+                 f"{fmt(m['wall_s'] and m['wall_s'] / 60, '.1f')} min | {m['hardware']} | "
+                 f"{fmt(m['device_hours'], '.3f')} | "
                  f"${fmt(m['cost_usd'], '.3f')} | " + " | ".join(fmt(m["bpb"].get(s), ".4f") for s in sets) + " |")
     L += ["", f"Cost = device-hours x ${rep['usd_per_gpu_hour']}/GPU-hour (`--usd-per-gpu-hour`), applied to "
           "whatever device the run used.", ""]
     if rep["forgetting"]:
         L += ["## Forgetting (adapted vs base, bits per byte)", "",
-              "| base | adapted | set | bpb base | bpb adapted | change | relative | verdict |", "|---|---|---|---|---|---|---|---|"]
+              "| base | adapted | set | bpb base | bpb adapted | change | relative | verdict |",
+              "|---|---|---|---|---|---|---|---|"]
         for f in rep["forgetting"]:
             L.append(f"| {f['base']} | {f['adapted']} | {f['set']} | {f['bpb_base']:.4f} | {f['bpb_adapted']:.4f} | "
                      f"{f['absolute']:+.4f} | {f['relative'] * 100:+.1f}% | {f['verdict'].split(': ')[-1]} |")
@@ -443,10 +467,12 @@ def render_md(rep: dict) -> str:
         L.append("")
     if rep["benchmark_deltas"]:
         L += ["## Benchmarks (adapted - base, 95% bootstrap CI over paired items)", "",
-              "| base | adapted | task | metric | base | adapted | delta | CI | items |", "|---|---|---|---|---|---|---|---|---|"]
+              "| base | adapted | task | metric | base | adapted | delta | CI | items |",
+              "|---|---|---|---|---|---|---|---|---|"]
         for d in rep["benchmark_deltas"]:
             L.append(f"| {d['base']} | {d['adapted']} | {d['task']} | {d['metric']} | {d['base_mean']:.3f} | "
-                     f"{d['adapted_mean']:.3f} | {d['delta']:+.3f} | [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] | {d['items']} |")
+                     f"{d['adapted_mean']:.3f} | {d['delta']:+.3f} | [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] | "
+                     f"{d['items']} |")
         L.append("")
     bench = sorted({(t, k) for m in models.values() for t, ms in m["benchmarks"].items() for k in ms})
     if bench:
@@ -459,7 +485,8 @@ def render_md(rep: dict) -> str:
                   "*chance*: the accuracy of a uniform guess among each item's choices (0.25 on the cloze tasks, "
                   "4 endings); an accuracy near it means the model does not tell the true answer apart."]
         L.append("")
-    titles = {"loss.png": "Loss curves", "forgetting_curve.png": "Forgetting curve", "pareto.png": "Pareto: new vs original language"}
+    titles = {"loss.png": "Loss curves", "forgetting_curve.png": "Forgetting curve",
+              "pareto.png": "Pareto: new vs original language"}
     if rep["plots"]:
         L += ["## Plots", ""]
         for p in rep["plots"]:
@@ -494,7 +521,7 @@ def generation_tables(rep: dict) -> list[str]:
         if mode == "sampled":
             L += ["<details><summary>Sampled outputs</summary>", ""]
         L += [f"**{mode}**", "", "| prompt | " + " | ".join(names) + " |", "|" + "---|" * (1 + len(names))]
-        for pid, row in rows.items():
+        for row in rows.values():
             s = row["s"]
             cells = [md_cell(row[n]["text"]) + f" *(rep4 {fmt(row[n]['repetition'].get('rep_4'), '.2f')})*"
                      if n in row else "–" for n in names]

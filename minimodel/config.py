@@ -16,10 +16,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
-import tomllib
-
 from minimodel.common.errors import UserError
-from minimodel.common.io import read_toml
+from minimodel.common.io import read_toml, tomllib
 from minimodel.nn.model import PRESETS, ModelConfig, model_config_from
 
 
@@ -220,7 +218,8 @@ class ReplayConfig(Section):
     `source = "generated"` has the frozen base write that set itself before the first step ("dream"
     replay: for a base whose pretraining data you do not have), into `path` (default
     <train.out_dir>/dream). `distill` adds that weight x KL(base || model) on replay windows."""
-    path: str = ""                      # the original-language set (same tokenizer as data.path); generated: where it goes
+    path: str = ""                      # the original-language set (same tokenizer as data.path);
+                                        # with source = "generated": where the generated set goes
     ratio: float = 0.0                  # share of training windows drawn from it: 0, 0.05, 0.25 ...
     val_split: str = "val"
     source: str = choice("data", "generated")

@@ -45,7 +45,7 @@ def main(argv=None) -> dict:
     settings = DreamSettings(base=str(a.base), tokens=a.tokens, seq_len=a.seq_len, seed=a.seed,
                              temperature=a.temperature, top_p=a.top_p, prompts=a.prompts, batch=a.batch)
     check_settings(settings, Path(a.out))  # before the base is loaded
-    lm = load(a.base).to(pick_device(a.device, 0))
+    lm = load(a.base).to(pick_device(a.device))
     m = write_dream_set(lm, settings, a.out, a.tokenizer, progress=True)
     print(f"{a.out}: {m['splits']['train']['tokens']} tokens in {m['splits']['train']['docs']} samples "
           f"({m['generation']['seconds']:.1f} s)", file=sys.stderr)

@@ -1,8 +1,8 @@
 """Config loading: TOML + overrides, validation messages that name the bad key."""
 import pytest
-import tomllib
 
 from minimodel.common.errors import UserError
+from minimodel.common.io import tomllib  # tomli on Python 3.10
 from minimodel.config import dump_toml, load_config
 
 
@@ -56,3 +56,29 @@ def test_missing_and_broken_files(tmp_path):
     bad.write_text("[model\npreset=")
     with pytest.raises(UserError, match="not valid TOML"):
         load_config(bad)
+
+
+def test_toml_loader_falls_back_to_tomli(tmp_path, monkeypatch):
+    """On Python 3.10 (no stdlib tomllib) the package reads TOML with tomli, the declared backport:
+    load a fresh copy of common/io.py with `tomllib` unimportable and a stand-in `tomli`."""
+    import importlib.util
+    import sys
+    import types
+
+    import minimodel.common.io as io_module
+
+    tomli = types.ModuleType("tomli")
+    tomli.TOMLDecodeError = tomllib.TOMLDecodeError
+    tomli.loads = lambda text: {"via": "tomli", **tomllib.loads(text)}
+    monkeypatch.setitem(sys.modules, "tomllib", None)  # `import tomllib` raises ModuleNotFoundError
+    monkeypatch.setitem(sys.modules, "tomli", tomli)
+    spec = importlib.util.spec_from_file_location("_io_py310", io_module.__file__)
+    fresh = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fresh)
+    assert fresh.tomllib is tomli
+    path = tmp_path / "c.toml"
+    path.write_text("[train]\nsteps = 3\n")
+    assert fresh.read_toml(path) == {"via": "tomli", "train": {"steps": 3}}
+    path.write_text("[train\n")
+    with pytest.raises(UserError, match="not valid TOML"):
+        fresh.read_toml(path)

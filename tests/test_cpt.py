@@ -7,13 +7,13 @@ import sys
 
 import numpy as np
 import pytest
-import tomllib
 import torch
 from conftest import ROOT
 from safetensors.torch import load_file
 from test_cpt_fixtures import bilingual, stage_overrides  # noqa: F401
 
 from minimodel.common.errors import UserError
+from minimodel.common.io import tomllib  # tomli on Python 3.10
 from minimodel.config import CptConfig, load_config
 from minimodel.cpt import run
 from minimodel.data.replay import ReplayStream

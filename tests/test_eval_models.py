@@ -193,6 +193,22 @@ def test_harness_task_names():
     assert check_tasks(["minimodel_ppl_ko"]) == (["minimodel_ppl_ko"], [])
 
 
+def test_one_device_choice_for_training_eval_and_dream(monkeypatch):
+    """eval, dream and training pick their device with the same function: auto falls back to the CPU,
+    an explicit device string is kept, cuda without a GPU and an unknown name are user errors."""
+    import eval.models as em
+    from minimodel.common.distributed import pick_device
+
+    assert em.pick_device is pick_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto") == torch.device("cpu") and pick_device("cpu", 3) == torch.device("cpu")
+    assert pick_device("meta") == torch.device("meta")
+    with pytest.raises(UserError, match="no CUDA device is visible"):
+        pick_device("cuda")
+    with pytest.raises(UserError, match="unknown device 'gpu'"):
+        pick_device("gpu")
+
+
 def test_generations_table_and_repetition(native, tmp_path):
     from eval.generations import main
 

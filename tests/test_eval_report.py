@@ -162,3 +162,29 @@ def test_eval_forgetting_scores_each_run_at_its_training_context(runs, tmp_path)
         assert ("--ctx 32" in calls["eval.bpb"]) == bool(ctx)
         assert ("--max-length 32" in calls["eval.harness"]) == bool(ctx)
         assert ctx or "--ctx" not in calls["eval.bpb"] and "--max-length" not in calls["eval.harness"]
+
+
+def test_relative_data_paths_resolve_from_any_directory(tmp_path, monkeypatch):
+    """A run's config.toml records data.path as the stage was given it (relative to the project root
+    that holds runs/): the report finds the set's manifest from another working directory too."""
+    from eval.report import data_set_dir, training_language
+
+    project = tmp_path / "project"
+    for name, manifest in (("demo_ko", {"language": "ko"}), ("demo_en", {"language": "en"}),
+                           ("mix", {"sources": [{"kind": "mixture", "set": "data/demo_en", "weight": 0.2},
+                                                {"kind": "mixture", "set": "data/demo_ko", "weight": 0.8}]})):
+        (project / "data" / name).mkdir(parents=True)
+        (project / "data" / name / "manifest.json").write_text(json.dumps(manifest))
+    run_dir = project / "runs" / "quickstart" / "cpt"
+    run_dir.mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert data_set_dir("data/demo_ko", run_dir) == project / "data" / "demo_ko"
+    assert training_language("data/demo_ko", run_dir) == "ko"
+    assert training_language("data/mix", run_dir) == "ko"  # the mixture's largest component, found the same way
+    assert training_language("data/demo_ko") is None  # without the run directory: relative to here only
+    monkeypatch.chdir(project / "runs")  # a relative run directory works as well
+    assert training_language("data/mix", run_dir.relative_to(project / "runs")) == "ko"
+    monkeypatch.chdir(project)  # from the project root, as the stage ran
+    assert data_set_dir("data/demo_en", run_dir).as_posix() == "data/demo_en"
+    assert training_language("data/demo_en") == "en"

@@ -158,6 +158,17 @@ def test_export_leaves_nothing_when_verification_fails(bi_tok, tmp_path, monkeyp
     assert not (tmp_path / "hf").exists() and list(tmp_path.iterdir()) == []
 
 
+def test_save_native_leaves_nothing_when_the_reload_differs(tmp_path, monkeypatch):
+    """save_native runs the same reload check as the export (NaN logits count as a mismatch)."""
+    import minimodel.models.export as export
+
+    monkeypatch.setattr(export, "logits_diff", lambda native, hf_dir, batch=None: float("nan"))
+    with pytest.raises(UserError, match=r"^saved model reloaded by transformers differs from the native model: "
+                                        r"max \|logit diff\| nan .*; not written$"):
+        export.save_native(tiny_native(2048, qk_norm=False), tmp_path / "hf")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_tokenizer_larger_than_embeddings_is_an_error(bi_tok, tmp_path):
     with pytest.raises(UserError, match="tokenizer has 2048 tokens but the model embeds only 1024"):
         export_model(tiny_native(1024, qk_norm=True), bi_tok, tmp_path / "hf")

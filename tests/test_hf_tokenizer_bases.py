@@ -8,13 +8,13 @@ import sys
 
 import numpy as np
 import pytest
-import tomllib
 import torch
 from conftest import ROOT
 from hf_helpers import fixture_docs
 from test_cpt_fixtures import bilingual  # noqa: F401
 
 from minimodel.common.errors import UserError
+from minimodel.common.io import tomllib  # tomli on Python 3.10
 from minimodel.tokenizers.tokenizer import HFTokenizer, open_tokenizer
 
 ODD = "Emoji 🙂, 漢字, ünïcödé, tabs\tand  spaces; 태초에 하나님이 천지를 창조하시니라.\n"

@@ -132,6 +132,34 @@ def test_save_merge_reload_parity(bilingual, tmp_path, kind):
         assert json.loads((tmp_path / "merged" / "config.json").read_text())["tie_word_embeddings"] is True
 
 
+def test_an_adapter_peft_cannot_merge_is_named(bilingual, tmp_path, monkeypatch):
+    """Loading an adapter merges it through lora.merge, the merge the stages use: a LoRA variant peft
+    loads but cannot merge is a UserError naming the adapter directory, and merge=False still loads it."""
+    import re
+
+    from peft.tuners.tuners_utils import BaseTuner
+
+    tok = bilingual["tok_shared"]
+    save_merged(native_lm().core(), "native", tmp_path / "base" / "final", tok, None)
+    lm = load(str(tmp_path / "base"))
+    apply_lora(lm, rank=4, alpha=8, dropout=0.0, targets=["q_proj"])
+    save_adapter(lm, tmp_path / "adapter", tok, {"base": str(tmp_path / "base")}, save_embeddings=False)
+
+    def refuse(self, *args, **kwargs):
+        raise NotImplementedError("merging is not supported for this LoRA variant")
+
+    monkeypatch.setattr(BaseTuner, "merge_and_unload", refuse)
+    adapter = re.escape(str(tmp_path / "adapter"))
+    with pytest.raises(UserError, match=rf"^cannot merge the adapter in {adapter} into its base "
+                                        r"\(merging is not supported .*a LoRA variant peft cannot merge"):
+        load(tmp_path / "adapter")
+    with pytest.raises(UserError, match=r"^cannot merge the adapter into its base"):
+        merge(lm)
+    assert load(tmp_path / "adapter", merge=False).kind == "native"
+    monkeypatch.undo()
+    assert isinstance(merge(lm), MiniModel)
+
+
 def test_missing_target_modules_are_named():
     lm = native_lm()
     with pytest.raises(UserError, match=r"\['c_attn'\] do not exist.*'down_proj', 'gate_proj', 'k_proj'"):

@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import tomllib
 import torch
 
 from minimodel.common.errors import UserError
+from minimodel.common.io import tomllib  # tomli on Python 3.10
 from minimodel.config import load_config
 from minimodel.nn.flops import flops_per_token
 from minimodel.nn.model import MiniModel, model_config_from

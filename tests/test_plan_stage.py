@@ -70,6 +70,29 @@ def test_hub_base_offline_is_a_clear_error(monkeypatch):
         base_model_config("someone/some-model")
 
 
+def test_hub_failures_are_user_errors_and_bugs_keep_their_traceback(monkeypatch):
+    """model_shape turns what hf_hub_download raises for a hub it cannot use (no such repo, the network)
+    into the config.json error; anything else (a bug) is not dressed up as a hub problem."""
+    import httpx
+    import huggingface_hub
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    response = httpx.Response(404, request=httpx.Request("GET", "https://huggingface.co/someone/some-model"))
+    raised = [RepositoryNotFoundError("404 Client Error", response=response), httpx.ProxyError("no proxy")]
+
+    def fake_download(*args, **kwargs):
+        raise raised.pop(0)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    for name in ("RepositoryNotFoundError", "ProxyError"):
+        with pytest.raises(UserError, match=rf"cannot read its config.json from the hub \({name}\)"):
+            base_model_config("someone/some-model")
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: None + 1)
+    with pytest.raises(TypeError):
+        base_model_config("someone/some-model")
+
+
 def test_plan_recipes_touch_nothing(tiny_run, tmp_path):
     run, _ = tiny_run
     env = {**os.environ, "PLAN": "1", "PY": sys.executable, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",

@@ -1,7 +1,6 @@
 """The SFT stage: loss only on assistant tokens, full fine-tuning of a core (Muon), LoRA on top of a
 CPT result (the reference recipe's second stage)."""
 import pytest
-import tomllib
 import torch
 import torch.nn.functional as F
 from conftest import read_docs
@@ -9,6 +8,7 @@ from test_cpt_fixtures import bilingual, stage_overrides  # noqa: F401
 
 from data_prep.sft import prepare_sft, read_sft
 from minimodel.common.errors import UserError
+from minimodel.common.io import tomllib  # tomli on Python 3.10
 from minimodel.config import CptConfig, StageConfig, load_config
 from minimodel.data.windows import SFTExamples
 from minimodel.models.loading import load

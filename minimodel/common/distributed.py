@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from minimodel.common.errors import UserError
+
 
 @dataclass
 class DistInfo:
@@ -25,13 +27,21 @@ class DistInfo:
         return self.world_size > 1
 
 
-def pick_device(requested: str, local_rank: int) -> torch.device:
+def pick_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
+    """The one device choice (training, eval, dream): "auto" is this rank's GPU when CUDA is visible,
+    else the CPU; "cuda" is this rank's GPU (a UserError without one); anything else is taken as a
+    torch device string ("cpu", "cuda:1", "mps")."""
     if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise RuntimeError("train.device=cuda but no CUDA device is visible")
+            raise UserError("device cuda was asked for (train.device / --device) but no CUDA device is visible")
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
-    return torch.device("cpu")
+    if requested == "auto":
+        return torch.device("cpu")
+    try:
+        return torch.device(requested)
+    except RuntimeError:
+        raise UserError(f"unknown device {requested!r}: use auto, cpu, cuda or a torch device such as cuda:1") from None
 
 
 def init_distributed(requested_device: str = "auto") -> DistInfo:

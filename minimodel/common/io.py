@@ -6,14 +6,13 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-if sys.version_info >= (3, 11):
+try:  # the one TOML loader for the package (config.py uses it too): stdlib on 3.11+, tomli on 3.10
     import tomllib
-else:  # pragma: no cover
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 

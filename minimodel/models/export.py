@@ -20,9 +20,15 @@ import torch
 
 from minimodel.common.errors import UserError
 from minimodel.common.io import atomic_dir, read_json_object, write_json
+from minimodel.config import read_run_config
 from minimodel.models.causal_lm import check_tokenizer_fits
+from minimodel.models.hf_convert import to_hf_config
+from minimodel.models.loading import load
 from minimodel.nn.model import MiniModel, ModelConfig
-from minimodel.tokenizers.tokenizer import HF_TOKENIZER_FILES, Tokenizer
+from minimodel.nn.weights import model_tensors
+from minimodel.tokenizers.chat import CHAT_TOKENS
+from minimodel.tokenizers.sp_to_hf import save_hf_tokenizer, verify_tokenizer
+from minimodel.tokenizers.tokenizer import HF_TOKENIZER_FILES, SPTokenizer, Tokenizer, copy_tokenizer, open_tokenizer
 
 LOGITS_TOL = 1e-4
 
@@ -50,8 +56,6 @@ def write_model_files(model: MiniModel, out: Path, eos_ids: list[int] | None = N
     from safetensors.torch import save_file
     from transformers import GenerationConfig
 
-    from minimodel.models.hf_convert import to_hf_config
-    from minimodel.nn.weights import model_tensors
 
     tensors = model_tensors(model)
     dtype = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
@@ -75,8 +79,6 @@ def fixed_batch(cfg: ModelConfig, seed: int = 0, length: int = 64) -> torch.Tens
 
 def fp32_copy(model: MiniModel) -> MiniModel:
     """The model's weights in a fresh fp32 CPU model (the live one may be on a GPU, in bf16, or wrapped)."""
-    from minimodel.nn.weights import model_tensors
-
     ref = MiniModel(model.config)
     ref.load_state_dict({k: v.float() for k, v in model_tensors(model).items()}, strict=False)
     return ref.eval()
@@ -99,16 +101,24 @@ def logits_diff(native: MiniModel, hf_dir: Path, batch: torch.Tensor | None = No
     return (native.float().eval()(batch) - hf(batch).logits).abs().max().item()
 
 
+def check_reload(native: MiniModel, hf_dir: Path, what: str = "exported model",
+                 outcome: str = "the export is not usable") -> float:
+    """The one reload check (export, export with a Hugging Face tokenizer, save_native): `hf_dir` reloaded
+    with transformers gives `native`'s fp32 logits within LOGITS_TOL. Returns the max |difference|; a
+    UserError naming `what` was checked and the `outcome` otherwise."""
+    diff = logits_diff(native, hf_dir)
+    if not diff < LOGITS_TOL:  # also catches NaN
+        raise UserError(f"{what} reloaded by transformers differs from the native model: "
+                        f"max |logit diff| {diff:.3g} >= {LOGITS_TOL} (fp32); {outcome}")
+    return diff
+
+
 def verify_export(out: Path, native: MiniModel, sp_path: Path, texts: dict[str, str] | None = None) -> dict:
     """Reload `out` with transformers and compare with the native model and tokenizer; UserError on mismatch."""
     from transformers import AutoTokenizer
 
-    from minimodel.tokenizers.sp_to_hf import verify_tokenizer
 
-    diff = logits_diff(native, out)
-    if not diff < LOGITS_TOL:  # also catches NaN
-        raise UserError(f"exported model reloaded by transformers differs from the native model: "
-                        f"max |logit diff| {diff:.3g} >= {LOGITS_TOL} (fp32); the export is not usable")
+    diff = check_reload(native, out)
     tok = AutoTokenizer.from_pretrained(out)
     checked = verify_tokenizer(tok, sp_path, texts)
     return {"max_abs_logit_diff": diff, "tokens_compared": checked}
@@ -127,10 +137,6 @@ def export_model(model: MiniModel, sp_path: Tokenizer | str | Path, out_dir: str
                  texts: dict[str, str] | None = None) -> tuple[Path, dict]:
     """Write the verified Hugging Face directory for `model` + its tokenizer: the kit's sentencepiece
     model (converted to tokenizer.json and checked), or a Hugging Face tokenizer (its files copied)."""
-    from minimodel.tokenizers.chat import CHAT_TOKENS
-    from minimodel.tokenizers.sp_to_hf import save_hf_tokenizer
-    from minimodel.tokenizers.tokenizer import copy_tokenizer, open_tokenizer
-
     tok = open_tokenizer(sp_path)
     if tok.kind == "hf":  # a core pretrained on data made with a Hugging Face tokenizer
         check_tokenizer_fits(tok.vocab_size, model.config.vocab_size, str(tok.path))
@@ -138,10 +144,7 @@ def export_model(model: MiniModel, sp_path: Tokenizer | str | Path, out_dir: str
         with atomic_dir(out_dir) as tmp:
             write_model_files(model, tmp, [tok.eos_id], (tok.bos_id, tok.eos_id, tok.pad_id))
             copy_tokenizer(tok, tmp)
-            diff = logits_diff(native, tmp)
-            if not diff < LOGITS_TOL:
-                raise UserError(f"exported model reloaded by transformers differs from the native model: "
-                                f"max |logit diff| {diff:.3g} >= {LOGITS_TOL} (fp32); the export is not usable")
+            diff = check_reload(native, tmp)
         return Path(out_dir), {"max_abs_logit_diff": diff, "tokens_compared": {}}
     sp_path, sp, out_dir = tok.path, tok.sp, Path(out_dir)
     check_tokenizer_fits(sp.get_piece_size(), model.config.vocab_size, str(sp_path))
@@ -167,17 +170,14 @@ def export_final(model: MiniModel, run_dir: Path, data_dir: Path, manifest: dict
 
 def export_run(run_dir: str | Path, out_dir: str | Path, checkpoint: str | None = None) -> Path:
     """Export a run's final model (or one of its checkpoints) to a verified Hugging Face directory."""
-    from minimodel.config import read_run_config
-    from minimodel.models.loading import load
-    from minimodel.tokenizers.tokenizer import SPTokenizer
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run directory not found: {run_dir}")
     if checkpoint is None:
         final = run_dir / "final" if (run_dir / "final").is_dir() else run_dir
         if not (final / NATIVE_CONFIG).is_file() or not (final / WEIGHTS).is_file():
-            ckpts = sorted((run_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name[5:]) if p.name[5:].isdigit() else -1)
+            ckpts = sorted((run_dir / "checkpoints").glob("step_*"),
+                           key=lambda p: int(p.name[5:]) if p.name[5:].isdigit() else -1)
             hint = f" or export a checkpoint with --checkpoint {ckpts[-1].name}" if ckpts else ""
             raise UserError(f"{run_dir} has no final checkpoint (final/{NATIVE_CONFIG} + final/{WEIGHTS}): "
                             f"the run has not finished; resume it with python -m minimodel.pretrain{hint}")
@@ -212,7 +212,5 @@ def save_native(model: MiniModel, out_dir: str | Path, tokenizer_from: str | Pat
             copy_tokenizer_files(Path(tokenizer_from), tmp)
             if (Path(tokenizer_from) / "tokenizer.model").is_file():
                 shutil.copyfile(Path(tokenizer_from) / "tokenizer.model", tmp / "tokenizer.model")
-        diff = logits_diff(native, tmp)
-        if not diff < LOGITS_TOL:
-            raise UserError(f"the saved model reloads with other logits (max diff {diff:.3g}); not written")
+        check_reload(native, tmp, "saved model", "not written")
     return Path(out_dir)

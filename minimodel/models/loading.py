@@ -31,6 +31,7 @@ from minimodel.models.causal_lm import CausalLM, Source, check_tokenizer_fits, s
 from minimodel.models.gguf import gguf_to_hf
 from minimodel.models.hf_convert import native_from_hf
 from minimodel.models.lora import adapter_meta, restore_adapter
+from minimodel.models.lora import merge as merge_adapter
 from minimodel.nn.model import MiniModel, ModelConfig
 from minimodel.nn.weights import load_model_weights
 from minimodel.tokenizers.tokenizer import tokenizer_in
@@ -140,11 +141,7 @@ def _load_adapter(src: Source, trust_remote_code: bool, merge: bool) -> CausalLM
     lm = load(src.base, trust_remote_code=trust_remote_code or bool(meta and meta.get("trust_remote_code")))
     restore_adapter(lm, src.path, meta)
     if merge:
-        try:
-            lm.net = lm.net.merge_and_unload()
-        except (NotImplementedError, ValueError) as e:  # peft loads some variants it cannot merge
-            raise UserError(f"cannot merge the adapter in {src.path} into its base ({error_gist(e)}); "
-                            "its adapter_config.json asks for a LoRA variant peft cannot merge") from None
+        merge_adapter(lm, src.path)
     lm.eval()
     for p in lm.parameters():
         p.requires_grad_(False)
@@ -196,14 +193,25 @@ def model_shape(spec: str | Path) -> ModelConfig:
     if is_hub_id(spec):
         import os
 
+        from httpx import HTTPError
         from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import (
+            EntryNotFoundError,
+            HfHubHTTPError,
+            HFValidationError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+        )
 
         if why := local_path_missing(spec):
             raise UserError(f"base not found locally: {spec} ({why}); make it first (train or copy the base "
                             "there) or point base.path at an existing directory")
         try:
             config = Path(hf_hub_download(str(spec), "config.json"))
-        except Exception as e:  # noqa: BLE001  any hub failure (offline, missing, gated) is the line below
+        # offline with no cached copy; no such (or a gated) repo; no config.json in it; another HTTP answer;
+        # a malformed id; the HTTP client's own failures (a proxy, a cut download); the cache directory
+        except (LocalEntryNotFoundError, RepositoryNotFoundError, EntryNotFoundError, HfHubHTTPError,
+                HFValidationError, HTTPError, OSError) as e:
             if os.environ.get("HF_HUB_OFFLINE") == "1":
                 raise UserError(f"base not found locally: {spec} (no such directory, and the hub is offline "
                                 "(HF_HUB_OFFLINE=1) with no cached copy): point base.path at a local directory, "

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from minimodel.common.errors import UserError
+from minimodel.common.errors import UserError, error_gist
 from minimodel.common.io import atomic_dir, read_json_object, write_text
 from minimodel.models.causal_lm import CausalLM
 from minimodel.models.vocab_resize import resize_vocab
@@ -145,10 +145,17 @@ def save_adapter(lm: CausalLM, out_dir: Path, tokenizer: Path, meta: dict, save_
     return Path(out_dir)
 
 
-def merge(lm: CausalLM) -> nn.Module:
-    """Fold the LoRA factors into the base weights (in place) and return the plain core model."""
+def merge(lm: CausalLM, adapter_dir: Path | str | None = None) -> nn.Module:
+    """Fold the LoRA factors into the base weights (in place) and return the plain core model: the one
+    merge (the stages' final model, minimodel.models.loading.load of an adapter). peft loads some
+    variants it cannot merge: a UserError naming `adapter_dir`, the directory the adapter came from."""
     if hasattr(lm.net, "merge_and_unload"):
-        lm.net = lm.net.merge_and_unload()
+        try:
+            lm.net = lm.net.merge_and_unload()
+        except (NotImplementedError, ValueError) as e:
+            where = f" in {adapter_dir}" if adapter_dir is not None else ""
+            raise UserError(f"cannot merge the adapter{where} into its base ({error_gist(e)}); "
+                            "its adapter_config.json asks for a LoRA variant peft cannot merge") from None
     return lm.core()
 
 

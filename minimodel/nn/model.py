@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 
 from minimodel.nn.loss import cross_entropy
 
@@ -122,14 +123,14 @@ class Attention(nn.Module):
         self.max_logit: float | None = None
 
     def forward(self, x, cos, sin, cache: list | None = None):
-        B, T, _ = x.shape
+        T = x.shape[1]
         q, k, v = fused_linear(x, (self.q_proj, self.k_proj, self.v_proj))
-        q = q.view(B, T, self.n_heads, self.head_dim)
-        k = k.view(B, T, self.n_kv_heads, self.head_dim)
-        v = v.view(B, T, self.n_kv_heads, self.head_dim)
-        if self.qk_norm:
+        # split heads into the (batch, head, time, head_dim) layout attention takes (views, no copy)
+        q = rearrange(q, "b t (h d) -> b h t d", h=self.n_heads)
+        k = rearrange(k, "b t (h d) -> b h t d", h=self.n_kv_heads)
+        v = rearrange(v, "b t (h d) -> b h t d", h=self.n_kv_heads)
+        if self.qk_norm:  # per head over head_dim, before RoPE, as Qwen3
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         past = 0
         if cache is not None:  # [k, v] of earlier positions, extended in place
@@ -144,7 +145,7 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
         else:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=(past == 0 and T > 1), enable_gqa=True)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+        return self.o_proj(rearrange(y, "b h t d -> b t (h d)"))  # merge heads
 
     @torch.no_grad()
     def _record_logits(self, q, k, past):

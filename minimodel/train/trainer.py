@@ -44,10 +44,11 @@ def evaluate(model: nn.Module, val: Windows, cfg: Config, dist: DistInfo,
     sums = torch.zeros(3, dtype=torch.float64)  # nll, tokens, bytes
     for ids in val_window_ids(val, cfg.train.eval_batches, cfg.train.micro_batch, dist.rank, dist.world_size):
         x, y = val.batch(ids)
+        targets = y.cpu()  # once, before the move (a no-op for the CPU batches the data sets give)
         x, y = x.to(dist.device), y.to(dist.device)
         with autocast_ctx(dist.device, cfg.train.dtype):
             nll = model(x, y, reduction="sum")
-        valid = y.cpu()[y.cpu() != -100]
+        valid = targets[targets != -100]
         sums[0] += nll.double().cpu()
         sums[1] += valid.numel()
         sums[2] += token_bytes[valid].sum() if token_bytes is not None else 0
@@ -141,6 +142,8 @@ def train(job: Job) -> TrainState:
     tokens_per_step = tc.micro_batch * cfg.data.seq_len * tc.grad_accum * dist.world_size
     fpt = flops_per_token(mcfg, model.num_params(), cfg.data.seq_len)
     peak = device_peak_flops(dist.device) * dist.world_size
+    # skipped steps in a row: set before checkpoint() below, which saves it, can ever run
+    consecutive_skips = found[1].get("consecutive_skips", 0) if found is not None else 0
 
     def checkpoint(position: int | None = None):
         broken = nonfinite_tensors(ckpt_model, grads=False)  # never let broken weights replace good ones
@@ -188,7 +191,6 @@ def train(job: Job) -> TrainState:
     t_last, tokens_last = time.perf_counter(), state.tokens
     last_ckpt_step = state.step
     saved_any = found is not None
-    consecutive_skips = found[1].get("consecutive_skips", 0) if found is not None else 0
     while state.step < tc.steps:
         if tc.stop_at_step and state.step >= tc.stop_at_step:
             break
@@ -280,7 +282,8 @@ def train(job: Job) -> TrainState:
             tracker.log(state.step, tokens=state.tokens, **metrics)
             others = "".join(f"  {k} {v:.4f}" for k, v in metrics.items()
                              if k.startswith("val_bpb_") and k != f"val_bpb_{val_name}")
-            tracker.write(f"step {state.step}: val_loss {metrics['val_loss']:.4f}  val_bpb {metrics['val_bpb']:.4f}{others}")
+            tracker.write(f"step {state.step}: val_loss {metrics['val_loss']:.4f}  "
+                          f"val_bpb {metrics['val_bpb']:.4f}{others}")
         if state.step % tc.ckpt_every == 0 or state.step == tc.steps:
             checkpoint()
             last_ckpt_step, saved_any = state.step, True
