@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,3 +142,22 @@ def test_cli_reports_bad_input_in_one_line(bilingual, tmp_path):
                         *stage_overrides(bilingual["core"], bilingual["ko"], tmp_path / "x", **{"lora.rank": -4})],
                        capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
     assert r.returncode == 2 and r.stderr.strip() == "error: config key lora.rank must be > 0, got -4"
+
+
+def test_a_cpt_run_opens_the_data_tokenizer_once(bilingual, tmp_path, monkeypatch):
+    """The data's tokenizer travels as one opened object (StageData.tokenizer): the stage, the vocabulary
+    check, bits per byte, the adapter and the merged export all use it, none re-reads the file."""
+    import sentencepiece as spm
+
+    opened, real_load = [], spm.SentencePieceProcessor.Load
+
+    def load(self, model_file=None, model_proto=None):
+        opened.append(Path(model_file).resolve() if model_file else None)
+        return real_load(self, model_file=model_file, model_proto=model_proto)
+
+    monkeypatch.setattr(spm.SentencePieceProcessor, "Load", load)
+    data_tok = (bilingual["ko"] / "tokenizer.model").resolve()
+    run(cfg_for(bilingual["core"], bilingual["ko"], tmp_path / "cpt", **{
+        "replay.path": str(bilingual["en"]), "replay.ratio": 0.25, "train.steps": 2, "train.eval_every": 2}))
+    assert (tmp_path / "cpt" / "final").is_dir() and (tmp_path / "cpt" / "adapter").is_dir()
+    assert opened.count(data_tok) == 1, opened

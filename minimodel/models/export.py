@@ -154,8 +154,8 @@ def export_model(model: MiniModel, sp_path: Tokenizer | str | Path, out_dir: str
     eos = [sp.eos_id()] + ([im_end] if im_end != sp.unk_id() else [])
     with atomic_dir(out_dir) as tmp:
         write_model_files(model, tmp, eos)
-        save_hf_tokenizer(sp_path, tmp, model_max_length=model.config.max_seq_len)
-        report = verify_export(tmp, native, sp_path, texts)
+        save_hf_tokenizer(tok, tmp, model_max_length=model.config.max_seq_len)
+        report = verify_export(tmp, native, tok, texts)
     return out_dir, report
 
 

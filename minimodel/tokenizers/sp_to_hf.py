@@ -28,6 +28,7 @@ import sentencepiece as spm
 from minimodel.common.errors import UserError
 from minimodel.common.io import write_json
 from minimodel.tokenizers.chat import CHAT_TOKENS, encode_chat, load_tokenizer
+from minimodel.tokenizers.tokenizer import SPTokenizer
 
 SPACE = "▁"
 
@@ -76,14 +77,21 @@ def _check_supported(proto, path) -> None:
                         "train tokenizers with data_prep.tokenizer")
 
 
-def build_hf_tokenizer(sp_path: str | Path):
+def _opened(sp_path: str | Path | SPTokenizer) -> tuple[Path, spm.SentencePieceProcessor]:
+    """The model's file and processor: an opened tokenizer's own, else the file read now."""
+    if isinstance(sp_path, SPTokenizer):
+        return sp_path.path, sp_path.sp
+    return Path(sp_path), load_tokenizer(sp_path)
+
+
+def build_hf_tokenizer(sp_path: str | Path | SPTokenizer):
     """A PreTrainedTokenizerFast equivalent to the sentencepiece model at `sp_path`."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers
     from tokenizers.models import BPE
     from transformers import PreTrainedTokenizerFast
     from transformers.tokenization_utils_base import generate_merges
 
-    sp = load_tokenizer(sp_path)
+    sp_path, sp = _opened(sp_path)
     proto = _model_proto(sp)
     _check_supported(proto, sp_path)
     if not all(isinstance(p.piece, str) for p in proto.pieces):  # protobuf hands back bytes that are not UTF-8
@@ -125,7 +133,7 @@ def build_hf_tokenizer(sp_path: str | Path):
     )
 
 
-def save_hf_tokenizer(sp_path: str | Path, out_dir: str | Path, model_max_length: int | None = None):
+def save_hf_tokenizer(sp_path: str | Path | SPTokenizer, out_dir: str | Path, model_max_length: int | None = None):
     """Write tokenizer.json, tokenizer_config.json (chat template included), special tokens
     and a copy of tokenizer.model (llama.cpp's converter reads it) into out_dir."""
     import shutil
@@ -143,16 +151,17 @@ def save_hf_tokenizer(sp_path: str | Path, out_dir: str | Path, model_max_length
     if tok.chat_template:
         cfg["chat_template"] = tok.chat_template
     write_json(cfg_path, cfg)
-    if Path(sp_path).resolve() != (out_dir / "tokenizer.model").resolve():
-        shutil.copyfile(sp_path, out_dir / "tokenizer.model")
+    path = sp_path.path if isinstance(sp_path, SPTokenizer) else Path(sp_path)
+    if path.resolve() != (out_dir / "tokenizer.model").resolve():
+        shutil.copyfile(path, out_dir / "tokenizer.model")
     return tok
 
 
-def verify_tokenizer(hf_tok, sp_path: str | Path, texts: dict[str, str] | None = None) -> dict:
+def verify_tokenizer(hf_tok, sp_path: str | Path | SPTokenizer, texts: dict[str, str] | None = None) -> dict:
     """Compare token ids of the HF tokenizer with sentencepiece on `texts` (name -> text) and
     the chat template with encode_chat; UserError naming the first difference. Returns
     {name: n_tokens} of what was compared."""
-    sp = load_tokenizer(sp_path)
+    sp_path, sp = _opened(sp_path)
     checked = {}
     for name, text in {**PROBE_TEXTS, **(texts or {})}.items():
         want = sp.encode(text)
