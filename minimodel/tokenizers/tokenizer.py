@@ -262,13 +262,17 @@ def _check_agree(sp: SPTokenizer, hf: HFTokenizer) -> None:
                             "would read one and transformers the other; remove the one that does not belong to it")
 
 
-def tokenizer_relation(base_tok: Tokenizer | None, data_tok: Tokenizer, base_source: str) -> str:
+def tokenizer_relation(base_tok: Tokenizer | None, data_tok: Tokenizer | str | Path, base_source: str) -> str:
     """"same" when the data was tokenised with the base's tokenizer (the file that fixes the ids is
     identical); "extended" when the data's tokenizer is the base's with tokens appended, every old id
     in place (data_prep.vocab_ext); UserError otherwise."""
     if base_tok is None or base_tok.sha256 is None:
         raise UserError(f"base {base_source} has no tokenizer file (tokenizer.model or tokenizer.json): cannot "
                         "check that the data was tokenised for it; copy the base's tokenizer files beside its weights")
+    if not isinstance(data_tok, (SPTokenizer, HFTokenizer)):
+        if not Path(data_tok).is_file():
+            raise UserError(f"the data's tokenizer {data_tok} is missing; prepare the data again")
+        data_tok = open_tokenizer(data_tok)
     if base_tok.sha256 == data_tok.sha256:
         return "same"
     if isinstance(base_tok, SPTokenizer) and isinstance(data_tok, SPTokenizer):
