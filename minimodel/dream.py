@@ -9,6 +9,7 @@ ordinary token-shard set (train split), reused when asked again with the same se
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from minimodel.common.distributed import pick_device
@@ -36,7 +37,6 @@ def parse_args(argv):
 
 @cli_entry
 def main(argv=None) -> dict:
-    import sys
 
 
     a = parse_args(sys.argv[1:] if argv is None else argv)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import functools
 import sys
 
+from safetensors import SafetensorError
+
 
 class UserError(Exception):
     """Bad input (config, data, checkpoint): the message names the problem and the fix."""
@@ -21,8 +23,7 @@ def hf_load_errors() -> tuple:
     AttributeError, IndexError or huggingface_hub's StrictDataclassError; a weight of another shape
     is a RuntimeError, a cut safetensors file an OSError or safetensors' own error. An ImportError
     (a missing package, a version skew) is not bad input and keeps its traceback."""
-    from huggingface_hub.errors import StrictDataclassError
-    from safetensors import SafetensorError
+    from huggingface_hub.errors import StrictDataclassError  # the hub client: only on paths that may reach the hub
 
     return (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError, RuntimeError,
             StrictDataclassError, SafetensorError)

@@ -20,8 +20,12 @@ def local_path_missing(spec) -> str | None:
 def hub_snapshot(repo_id: str, revision: str | None = None, tokenizer_only: bool = False) -> Path:
     """A local snapshot of a hub model: config, safetensors weights and tokenizer files only (or, with
     tokenizer_only, the tokenizer's files and config.json: what data preparation needs)."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub import snapshot_download  # the hub client: only on paths that may reach the hub
+    from huggingface_hub.errors import (  # the hub client: only on paths that may reach the hub
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
     if why := local_path_missing(repo_id):
         raise UserError(f"model not found locally: {repo_id} ({why}); train or copy it there first, or name "

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from minimodel.common.errors import UserError
 from minimodel.common.io import atomic_dir, file_sha256, read_utf8, write_json
@@ -114,7 +115,6 @@ def sample_documents(lm, settings: DreamSettings, progress: bool = False) -> lis
     docs, total, batch_index = [], 0, 0
     bar = None
     if progress:
-        from tqdm import tqdm
 
         bar = tqdm(total=settings.tokens, unit="tok", desc="dream replay", dynamic_ncols=True)
     was_training = lm.training

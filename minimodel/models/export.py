@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from minimodel.common.errors import UserError
 from minimodel.common.io import atomic_dir, read_json_object, write_json
@@ -53,8 +54,7 @@ def write_model_files(model: MiniModel, out: Path, eos_ids: list[int] | None = N
                       special_ids: tuple[int | None, int | None, int | None] | None = None) -> None:
     """config.json, model.safetensors (HF names, fp32/bf16 as the model holds them), generation_config.json,
     minimodel.json. `special_ids` (bos, eos, pad) replace the kit's tokenizers' 2, 3, 0."""
-    from safetensors.torch import save_file
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig  # transformers and tokenizers take seconds to import: only where used
 
 
     tensors = model_tensors(model)
@@ -87,8 +87,10 @@ def fp32_copy(model: MiniModel) -> MiniModel:
 @torch.no_grad()
 def logits_diff(native: MiniModel, hf_dir: Path, batch: torch.Tensor | None = None) -> float:
     """Max |logit difference| between the native model and AutoModelForCausalLM(hf_dir), fp32 CPU."""
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
+    from transformers import AutoModelForCausalLM  # transformers and tokenizers take seconds to import: only where used
+    from transformers.utils import (
+        logging as hf_logging,  # transformers and tokenizers take seconds to import: only where used
+    )
 
     was_on = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a "Loading weights" bar per check is noise
@@ -115,7 +117,7 @@ def check_reload(native: MiniModel, hf_dir: Path, what: str = "exported model",
 
 def verify_export(out: Path, native: MiniModel, sp_path: Path, texts: dict[str, str] | None = None) -> dict:
     """Reload `out` with transformers and compare with the native model and tokenizer; UserError on mismatch."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # transformers and tokenizers take seconds to import: only where used
 
 
     diff = check_reload(native, out)

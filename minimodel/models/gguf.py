@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import torch
+from sentencepiece import sentencepiece_model_pb2 as pb
 
 from minimodel.common.errors import UserError, error_gist
 from minimodel.common.io import atomic_dir, read_json_object, write_json, write_text
@@ -29,7 +30,7 @@ def _gguf_key(path: Path) -> str:
 
 
 def _gguf_field(gguf_path: Path, key: str):
-    from gguf import GGUFReader
+    from gguf import GGUFReader  # optional: only for .gguf bases (not on the GPU machine)
 
     field = GGUFReader(gguf_path).fields.get(key)
     return None if field is None else field.contents()
@@ -40,8 +41,7 @@ def gguf_sentencepiece(gguf_path: Path) -> bytes | None:
     None for other tokenizer kinds. transformers converts GGUF vocabularies by architecture,
     so a sentencepiece vocabulary in a qwen3 file (our cores) would get a GPT-2 byte-level
     tokenizer; GGUF keeps sentencepiece's pieces, scores and types, enough to rebuild it."""
-    from gguf import GGUFReader
-    from sentencepiece import sentencepiece_model_pb2 as pb
+    from gguf import GGUFReader  # optional: only for .gguf bases (not on the GPU machine)
 
     f = GGUFReader(gguf_path).fields
     if "tokenizer.ggml.model" not in f or f["tokenizer.ggml.model"].contents() != "llama":
@@ -70,8 +70,8 @@ def _gguf_config(gguf_path: Path):
     """transformers' GGUF config, with head_dim taken from the file: for qwen3 transformers
     ignores attention.key_length and falls back to 128, which breaks every model whose
     heads are not 128 wide (our cores: 32 to 96)."""
-    from gguf import GGUFReader
-    from transformers import AutoConfig
+    from gguf import GGUFReader  # optional: only for .gguf bases (not on the GPU machine)
+    from transformers import AutoConfig  # transformers and tokenizers take seconds to import: only where used
 
     config = AutoConfig.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     reader = GGUFReader(gguf_path)
@@ -86,7 +86,10 @@ def gguf_to_hf(gguf_path: str | Path, out_dir: str | Path | None = None, dtype: 
     """Dequantise a GGUF file through transformers into a safetensors HF directory (done once:
     an existing conversion of the same file is reused). Default place:
     $MINIMODEL_CACHE/gguf/<name>-<key>/."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import (  # transformers and tokenizers take seconds to import: only where used
+        AutoModelForCausalLM,
+        AutoTokenizer,
+    )
 
     gguf_path = Path(gguf_path)
     if not gguf_path.is_file():

@@ -4,6 +4,7 @@
 logits), with `native_config_of_hf` naming what the native model cannot express."""
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -19,7 +20,10 @@ WEIGHTS = "model.safetensors"
 
 def to_hf_config(cfg: ModelConfig, torch_dtype: str = "float32"):
     """Qwen3Config when QK-norm is on, LlamaConfig (the Llama2-style baseline) when off."""
-    from transformers import LlamaConfig, Qwen3Config
+    from transformers import (  # transformers and tokenizers take seconds to import: only where used
+        LlamaConfig,
+        Qwen3Config,
+    )
 
     common = dict(
         vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.ffn_dim,
@@ -114,9 +118,8 @@ def _read_tensors(model_dir: Path) -> dict[str, torch.Tensor]:
 
 def native_from_hf(model_dir: Path) -> MiniModel:
     """A Llama/Mistral/Qwen3-shaped checkpoint as a MiniModel with identical logits (fp32)."""
-    from dataclasses import asdict
 
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # transformers and tokenizers take seconds to import: only where used
 
 
     read_json_object(model_dir / "config.json", "copy the model's config.json again")

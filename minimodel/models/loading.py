@@ -17,6 +17,7 @@ reduction=...)`), evaluation's (`logits(ids)`, `tokenizer`, `context`), and wher
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -172,11 +173,10 @@ def _checkpoint_model(src: Source) -> MiniModel:
 
 
 def _unsloth_model(src: Source, max_seq_len: int, load_in_4bit: bool, trust_remote_code: bool):
-    import os
 
     try:
         import unsloth  # noqa: F401  (must come before transformers/peft are patched)
-        from unsloth import FastLanguageModel
+        from unsloth import FastLanguageModel  # optional: unsloth is a GPU-only extra
     except (ImportError, NotImplementedError, RuntimeError) as e:
         raise UserError(f"lora.backend=unsloth but unsloth cannot be used here ({error_gist(e)}); "
                         "install it on a GPU machine with pip install 'minimodel[unsloth]', "
@@ -191,10 +191,9 @@ def model_shape(spec: str | Path) -> ModelConfig:
     """The shape of the model `spec` names, without reading its weights (what the planner needs);
     a hub id costs its config.json only."""
     if is_hub_id(spec):
-        import os
 
-        from httpx import HTTPError
-        from huggingface_hub import hf_hub_download
+        from httpx import HTTPError  # the hub client's transport: only on paths that may reach the hub
+        from huggingface_hub import hf_hub_download  # the hub client: only on paths that may reach the hub
         from huggingface_hub.errors import (
             EntryNotFoundError,
             HfHubHTTPError,
@@ -238,7 +237,7 @@ def load_hf_causal_lm(source: str | Path, what: str = "model", **kw):
     """AutoModelForCausalLM.from_pretrained(source, **kw), refusing a directory whose weights do not
     all load: transformers only *logs* missing, unexpected or misshapen weights and goes on with
     random ones, which would train or evaluate the wrong model silently."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # transformers and tokenizers take seconds to import: only where used
 
     if Path(source).is_dir():
         read_json_object(Path(source) / "config.json", "copy the model's config.json again")

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import save_file
 
 from minimodel.common.errors import UserError, error_gist
 from minimodel.common.io import atomic_dir, read_json_object, write_text
@@ -74,7 +76,7 @@ def check_targets(core: nn.Module, targets: list[str]) -> None:
 def apply_lora(lm: CausalLM, rank: int, alpha: float, dropout: float, targets: list[str],
                rslora: bool = True, train_embeddings: bool = True) -> CausalLM:
     """Wrap `lm.net` with peft LoRA on `targets`; everything else frozen except the embeddings."""
-    import peft
+    import peft  # peft: only for adapter stages
 
     core = lm.core()
     check_targets(core, targets)
@@ -130,7 +132,6 @@ class TrainableView(nn.Module):
 
 def save_adapter(lm: CausalLM, out_dir: Path, tokenizer: Path, meta: dict, save_embeddings: bool) -> Path:
     """Write the adapter directory (see the module docstring) atomically."""
-    from safetensors.torch import save_file
 
     core = lm.core()
     with atomic_dir(Path(out_dir)) as tmp:
@@ -209,8 +210,7 @@ def load_peft(net: nn.Module, adapter_dir: Path) -> nn.Module:
     wrong type surfaces as AttributeError, TypeError or IndexError; a bad value as ValueError or KeyError; a cut
     weights file as OSError or safetensors' own error; factors of another shape as RuntimeError; and the
     config can name a module peft then imports (megatron_core): ImportError, named in the message."""
-    import peft
-    from safetensors import SafetensorError
+    import peft  # peft: only for adapter stages
 
     cfg_path = Path(adapter_dir) / "adapter_config.json"
     read_json_object(cfg_path, "copy the adapter directory again")  # peft fails obscurely on a bad one

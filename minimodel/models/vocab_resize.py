@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import sentencepiece as spm
 import torch
 import torch.nn as nn
+from sentencepiece import sentencepiece_model_pb2 as pb
 
 from minimodel.nn.model import MiniModel
 from minimodel.tokenizers.tokenizer import open_tokenizer
@@ -19,8 +21,6 @@ from minimodel.tokenizers.tokenizer import open_tokenizer
 def _without_dummy_prefix(tokenizer_path: Path):
     """The tokenizer with add_dummy_prefix off, so a piece's text decomposes exactly into old pieces
     (with it on, "름" would gain a spurious leading "▁")."""
-    import sentencepiece as spm
-    from sentencepiece import sentencepiece_model_pb2 as pb
 
     proto = pb.ModelProto()
     proto.ParseFromString(Path(tokenizer_path).read_bytes())

@@ -10,6 +10,7 @@ stage's result is the next stage's base) and, for LoRA stages, adapter/.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +67,6 @@ def stage_entry(stage: Stage, config_class, doc: str, configs: str, example: str
 
 def parse_stage_args(argv, prog: str, doc: str, configs: str, example: str):
     """`--config FILE` and `section.key=value` overrides: the command line every training stage takes."""
-    import argparse
 
     ap = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", help=f"TOML config ({configs})")

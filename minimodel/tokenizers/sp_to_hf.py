@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2 as pb
 
 from minimodel.common.errors import UserError
 from minimodel.common.io import write_json
@@ -56,7 +58,6 @@ PROBE_TEXTS = {
 
 
 def _model_proto(sp: spm.SentencePieceProcessor):
-    from sentencepiece import sentencepiece_model_pb2 as pb
     return pb.ModelProto.FromString(sp.serialized_model_proto())
 
 
@@ -86,10 +87,20 @@ def _opened(sp_path: str | Path | SPTokenizer) -> tuple[Path, spm.SentencePieceP
 
 def build_hf_tokenizer(sp_path: str | Path | SPTokenizer):
     """A PreTrainedTokenizerFast equivalent to the sentencepiece model at `sp_path`."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers
-    from tokenizers.models import BPE
-    from transformers import PreTrainedTokenizerFast
-    from transformers.tokenization_utils_base import generate_merges
+    from tokenizers import (  # transformers and tokenizers take seconds to import: only where used
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        normalizers,
+    )
+    from tokenizers.models import BPE  # transformers and tokenizers take seconds to import: only where used
+    from transformers import (
+        PreTrainedTokenizerFast,  # transformers and tokenizers take seconds to import: only where used
+    )
+    from transformers.tokenization_utils_base import (
+        generate_merges,  # transformers and tokenizers take seconds to import: only where used
+    )
 
     sp_path, sp = _opened(sp_path)
     proto = _model_proto(sp)
@@ -136,7 +147,6 @@ def build_hf_tokenizer(sp_path: str | Path | SPTokenizer):
 def save_hf_tokenizer(sp_path: str | Path | SPTokenizer, out_dir: str | Path, model_max_length: int | None = None):
     """Write tokenizer.json, tokenizer_config.json (chat template included), special tokens
     and a copy of tokenizer.model (llama.cpp's converter reads it) into out_dir."""
-    import shutil
 
     tok = build_hf_tokenizer(sp_path)
     if model_max_length:

@@ -99,7 +99,7 @@ class HFTokenizer:
     kind = "hf"
 
     def __init__(self, path: str | Path):
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # transformers and tokenizers take seconds to import: only where used
 
         self.path = Path(path)
         try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import platform
 import shutil
 import socket
 import subprocess
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError
 
 from minimodel.common.errors import UserError
 from minimodel.common.io import read_toml
@@ -56,7 +58,7 @@ def _read_holder(path: Path) -> dict:
 
 def _flock(fd: int) -> bool | None:
     """True: locked; False: another process holds it; None: this filesystem has no flock."""
-    import fcntl
+    import fcntl  # POSIX only
 
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -158,7 +160,6 @@ def stop_when_full(directory: Path, need: int, what: str, judge_by_free: bool = 
     the time this runs), so the earlier checkpoints are intact and the same command resumes.
     judge_by_free: an error from a writer that does not say why (torch.save) counts as a full disk
     when less than `need` is free."""
-    from safetensors import SafetensorError
 
     try:
         yield
@@ -205,7 +206,6 @@ def command_line() -> str:
 def device_description(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
-    import platform
 
     return f"cpu: {os.cpu_count()} cores, {platform.machine()}"
 

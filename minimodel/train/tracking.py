@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
 from minimodel.common.errors import UserError
 from minimodel.common.io import write_text
 
@@ -30,7 +32,6 @@ class Tracker:
             self.wandb = wandb.init(project=project, name=run_name or Path(run_dir).name,
                                     config=config, dir=str(run_dir), resume="allow")
         if progress and total_steps:
-            from tqdm import tqdm
 
             self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                             file=sys.stderr, mininterval=1.0)
