@@ -78,7 +78,7 @@ def test_checkpoints_none_of_which_loads_are_not_silently_replaced(english_set, 
 def test_a_second_signal_is_ignored_and_a_third_kills():
     """The handler alone, in a child process: SIGINT once sets the stop, twice is ignored, thrice kills."""
     code = ("import os, signal, time\n"
-            "from minimodel.stopping import StopSignals\n"
+            "from minimodel.train.stopping import StopSignals\n"
             "with StopSignals() as s:\n"
             "    for n in (1, 2, 3):\n"
             "        os.kill(os.getpid(), signal.SIGINT)\n"

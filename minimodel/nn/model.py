@@ -125,12 +125,14 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, cache: list | None = None):
         T = x.shape[1]
         q, k, v = fused_linear(x, (self.q_proj, self.k_proj, self.v_proj))
-        # split heads into the (batch, head, time, head_dim) layout attention takes (views, no copy)
-        q = rearrange(q, "b t (h d) -> b h t d", h=self.n_heads)
-        k = rearrange(k, "b t (h d) -> b h t d", h=self.n_kv_heads)
-        v = rearrange(v, "b t (h d) -> b h t d", h=self.n_kv_heads)
-        if self.qk_norm:  # per head over head_dim, before RoPE, as Qwen3
+        # split heads (views, no copy); QK-norm per head over head_dim, before RoPE, as Qwen3, and in the
+        # (batch, time, head, head_dim) layout: there it saves for backward what the planner counts
+        q = rearrange(q, "b t (h d) -> b t h d", h=self.n_heads)
+        k = rearrange(k, "b t (h d) -> b t h d", h=self.n_kv_heads)
+        if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
+        q, k = rearrange(q, "b t h d -> b h t d"), rearrange(k, "b t h d -> b h t d")
+        v = rearrange(v, "b t (h d) -> b h t d", h=self.n_kv_heads)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         past = 0
         if cache is not None:  # [k, v] of earlier positions, extended in place

@@ -20,7 +20,7 @@ from minimodel.models.loading import load
 from minimodel.models.lora import TrainableView, apply_lora, apply_unsloth_lora, full_finetune, merge, save_adapter
 from minimodel.models.vocab_resize import resize_vocab
 from minimodel.stages.lifecycle import Built
-from minimodel.tokenizers.tokenizer import Tokenizer, copy_tokenizer, tokenizer_relation
+from minimodel.tokenizers.tokenizer import Tokenizer, copy_tokenizer, open_tokenizer, tokenizer_relation
 
 
 def load_base(cfg: StageConfig) -> CausalLM:
@@ -101,7 +101,7 @@ def set_name(data_dir: Path, taken: set) -> str:
     return name
 
 
-def save_merged(core: nn.Module, kind: str, out_dir: Path, tokenizer: Tokenizer,
+def save_merged(core: nn.Module, kind: str, out_dir: Path, tokenizer: Tokenizer | Path,
                 tokenizer_files_from: Path | None) -> Path:
     """A Hugging Face directory of the merged model, written atomically, with the data's tokenizer. A
     native model goes through minimodel.models.export (verified reload, HF tokenizer files,
@@ -111,7 +111,7 @@ def save_merged(core: nn.Module, kind: str, out_dir: Path, tokenizer: Tokenizer,
         return export_model(core, tokenizer, out_dir)[0]
     with atomic_dir(Path(out_dir)) as tmp:
         core.save_pretrained(str(tmp))
-        copy_tokenizer(tokenizer, tmp)
+        copy_tokenizer(open_tokenizer(tokenizer), tmp)
         if tokenizer_files_from is not None:
             copy_tokenizer_files(tokenizer_files_from, tmp)
     return Path(out_dir)
