@@ -17,6 +17,7 @@ from conftest import tiny_overrides
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+import minimodel.models.export
 import minimodel.train.checkpoint
 import minimodel.train.tracking
 from minimodel.common.errors import UserError
@@ -90,14 +91,14 @@ def fill_metrics(monkeypatch, run_dir):
 
 
 def fill_export(monkeypatch, run_dir):
-    real = safetensors.torch.save_file  # minimodel.export imports it when it writes
+    real = safetensors.torch.save_file
 
     def save_file(tensors, path, *a, **k):
         if in_temp_dir(path, ".final."):
             Path(path).write_bytes(b"\0" * 100)
             raise SafetensorError(SAFETENSORS_FULL)
         return real(tensors, path, *a, **k)
-    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+    monkeypatch.setattr(minimodel.models.export, "save_file", save_file)  # what the export writes with
     return run_dir, "the final model", 16
 
 
