@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 
 import torch
-from sentencepiece import sentencepiece_model_pb2 as pb
 
 from minimodel.common.errors import UserError, error_gist
 from minimodel.common.io import atomic_dir, read_json_object, write_json, write_text
@@ -42,6 +41,7 @@ def gguf_sentencepiece(gguf_path: Path) -> bytes | None:
     so a sentencepiece vocabulary in a qwen3 file (our cores) would get a GPT-2 byte-level
     tokenizer; GGUF keeps sentencepiece's pieces, scores and types, enough to rebuild it."""
     from gguf import GGUFReader  # optional: only for .gguf bases (not on the GPU machine)
+    from sentencepiece import sentencepiece_model_pb2 as pb  # protobuf: not on every machine (the GPU machine lacks it)
 
     f = GGUFReader(gguf_path).fields
     if "tokenizer.ggml.model" not in f or f["tokenizer.ggml.model"].contents() != "llama":

@@ -12,7 +12,6 @@ from pathlib import Path
 import sentencepiece as spm
 import torch
 import torch.nn as nn
-from sentencepiece import sentencepiece_model_pb2 as pb
 
 from minimodel.nn.model import MiniModel
 from minimodel.tokenizers.tokenizer import open_tokenizer
@@ -21,6 +20,7 @@ from minimodel.tokenizers.tokenizer import open_tokenizer
 def _without_dummy_prefix(tokenizer_path: Path):
     """The tokenizer with add_dummy_prefix off, so a piece's text decomposes exactly into old pieces
     (with it on, "름" would gain a spurious leading "▁")."""
+    from sentencepiece import sentencepiece_model_pb2 as pb  # protobuf: not on every machine (the GPU machine lacks it)
 
     proto = pb.ModelProto()
     proto.ParseFromString(Path(tokenizer_path).read_bytes())

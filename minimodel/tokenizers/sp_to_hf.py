@@ -25,7 +25,6 @@ import shutil
 from pathlib import Path
 
 import sentencepiece as spm
-from sentencepiece import sentencepiece_model_pb2 as pb
 
 from minimodel.common.errors import UserError
 from minimodel.common.io import write_json
@@ -58,6 +57,7 @@ PROBE_TEXTS = {
 
 
 def _model_proto(sp: spm.SentencePieceProcessor):
+    from sentencepiece import sentencepiece_model_pb2 as pb  # protobuf: not on every machine (the GPU machine lacks it)
     return pb.ModelProto.FromString(sp.serialized_model_proto())
 
 
