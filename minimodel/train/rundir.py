@@ -225,29 +225,6 @@ def check_same_run(run_dir: Path, resolved: dict) -> None:
                         "use another train.out_dir or delete the old run")
 
 
-
-def preflight(out_dir: Path, model: nn.Module, n_optim_states: int) -> RunLock:
-    """The run directory is writable, no other run writes it, and it holds two checkpoints, before
-    any compute is spent. Returns the directory's lock (held until the run ends). A directory made
-    here and found unusable is removed again: a failed start leaves nothing."""
-    created = not out_dir.exists()
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        lock = RunLock.acquire(out_dir)  # its write is the writability probe
-    except OSError as e:
-        raise UserError(f"run directory {out_dir} is not writable ({e.strerror}); "
-                        "choose another train.out_dir") from None
-    need = run_bytes_needed(model, n_optim_states)
-    free = shutil.disk_usage(out_dir).free
-    if free < need:
-        lock.release()
-        if created:
-            out_dir.rmdir()
-        raise UserError(f"{out_dir} has {free / 2**30:.2f} GiB free; two checkpoints need about "
-                        f"{need / 2**30:.2f} GiB: free space or choose another train.out_dir")
-    return lock
-
-
 class RunDir:
     """A stage's run directory: its path, the bytes two checkpoints of what it trains need, and (on
     rank 0, from `open` to `release`) its lock."""
@@ -255,13 +232,27 @@ class RunDir:
     def __init__(self, path: str | Path, trained: nn.Module, n_optim_states: int = 2):
         self.path = Path(path)
         self.checkpoints = self.path / "checkpoints"
-        self.trained, self.n_optim_states = trained, n_optim_states
         self.need = run_bytes_needed(trained, n_optim_states)
         self.lock: RunLock | None = None
 
     def open(self) -> None:
-        """Rank 0, before any compute: writable, ours alone, room for two checkpoints."""
-        self.lock = preflight(self.path, self.trained, self.n_optim_states)
+        """The preflight (rank 0, before any compute): the directory is writable, no other run writes it
+        (its lock is held until `release`), and it has room for two checkpoints. A directory made here
+        and found unusable is removed again: a failed start leaves nothing."""
+        out_dir, created = self.path, not self.path.exists()
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            self.lock = RunLock.acquire(out_dir)  # its write is the writability probe
+        except OSError as e:
+            raise UserError(f"run directory {out_dir} is not writable ({e.strerror}); "
+                            "choose another train.out_dir") from None
+        free = shutil.disk_usage(out_dir).free
+        if free < self.need:
+            self.release()
+            if created:
+                out_dir.rmdir()
+            raise UserError(f"{out_dir} has {free / 2**30:.2f} GiB free; two checkpoints need about "
+                            f"{self.need / 2**30:.2f} GiB: free space or choose another train.out_dir")
 
     def release(self) -> None:
         if self.lock is not None:
