@@ -24,6 +24,7 @@ from tqdm import tqdm
 from minimodel.common.errors import UserError
 from minimodel.common.io import atomic_dir, file_sha256, read_utf8, write_json
 from minimodel.data.format import build_manifest, read_manifest, token_dtype, write_split
+from minimodel.forgetting.language_mix import language_mix
 from minimodel.tokenizers.tokenizer import Tokenizer, copy_tokenizer, open_tokenizer
 
 SAMPLE_CHARS = 600  # of decoded text kept in the manifest, for a person to read
@@ -178,6 +179,7 @@ def write_dream_set(lm, settings: DreamSettings, out_dir: str | Path, tokenizer:
             "generator": settings.record(),
             "generation": {"seconds": round(seconds, 3), "device": str(lm.device), "samples": len(docs),
                            "tok_per_s": round(len(ids) / max(seconds, 1e-9), 1)},
+            "language_mix": language_mix(texts),  # did the base dream in every language it knows?
             "sample": "\n---\n".join(texts)[:SAMPLE_CHARS],
         })
         write_json(tmp / "manifest.json", manifest)  # last: its presence marks a complete set
