@@ -7,7 +7,8 @@ on the same content. Chapters present in all languages are held out by hash; hal
 `val` split (tuning: what the runs log and what sweeps choose by), the other half `heldout.jsonl`
 (reported). Stage k teaches language k with tokenizer T_k: T_{k-1} as it is, or extended with pieces
 learned on language k when T_{k-1} covers it badly (its bytes per token below --extend-below x the base
-language's; data_prep.vocab_ext, for sentencepiece and tokenizer.json alike; old ids never move).
+language's, or below 1.25: spelled out byte by byte; data_prep.vocab_ext, for sentencepiece and
+tokenizer.json alike; old ids never move).
 
 Writes OUT/plan.json (what the recipe and eval.continual read):
     languages                 the stage order, base language first
@@ -40,6 +41,7 @@ from minimodel.tokenizers.tokenizer import open_tokenizer
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts" / "dream"
 EXTEND_BELOW = 0.6  # German under the en+ko demo tokenizer: 0.52 of English's bytes/token; Russian 0.27
+BYTE_BY_BYTE = 1.25  # bytes per token at which a language is written in (byte-fallback) single bytes
 
 
 def parse_langs(spec: str) -> list[str]:
@@ -180,7 +182,9 @@ def run(out: Path, langs: list[str], tokenizer: Path, val_fraction: float = 0.05
             ratio = stats["bytes_per_token"] / base_bpt
             stage["coverage"] = {"bytes_per_token": stats["bytes_per_token"], "base_bytes_per_token": base_bpt,
                                  "ratio_to_base": round(ratio, 4), "extend_below": extend_below}
-            stage["extended"] = ratio < extend_below
+            # relative to the base language, or spelled out about a byte per token (a small base vocabulary
+            # makes the base language's own bytes/token low too, and hides an uncovered script)
+            stage["extended"] = ratio < extend_below or stats["bytes_per_token"] < BYTE_BY_BYTE
             if stage["extended"]:
                 current, info = extend(current, [d.text for d in texts[lang]["train"]],
                                        out / "tokenizers" / f"t{k}", new_vocab_size)

