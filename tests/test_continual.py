@@ -286,3 +286,15 @@ def test_a_stage_whose_base_is_missing_is_one_clear_line(toy, tmp_path):
     assert r.returncode != 0 and error_lines(r) == [
         f"error: {tmp_path / 'sequence.json'} is missing: {tmp_path} is not a continual-learning run "
         "(recipes/continual.sh writes it)"]
+
+
+def test_plan_says_what_would_run_and_writes_nothing(tmp_path):
+    env = {**os.environ, "PY": sys.executable, "PLAN": "1", "OUT": str(tmp_path / "out")}
+    r = run_recipe(env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "en -> ko -> ru -> de (3 stages), 6 arms (none real5 real25 gen gen50_kl10 anchor) x 2 seeds" in r.stdout
+    assert "learned alone" in r.stdout and not (tmp_path / "out").exists()
+    r = run_recipe({**env, "SWEEP": "1", "LANGS": "en,fr,de"}, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "en -> fr -> de (2 stages), 9 arms (gen5_kl1 gen5_kl3 gen5_kl10 gen25_kl1" in r.stdout
+    assert "x 1 seeds" in r.stdout and "val chapters" in r.stdout
