@@ -145,6 +145,11 @@ n_stages=$(( ${#LANG_LIST[@]} - 1 ))
 for seed in "${SEEDS[@]}"; do
     for arm in "${ARMS[@]}"; do
         read -r source ratio distill anchor <<< "$(arm_settings "$arm")"
+        twin="gen$("$PY" -c "print(round($GEN_RATIO * 100))")_kl$("$PY" -c "print(f'{$KL:g}')")"
+        if [ "$arm" = gen ] && [ "$SWEEP" != 1 ] && [[ " ${ARMS[*]} " == *" $twin "* ]]; then
+            echo "arm gen is arm $twin (the sweep chose the same setting): run once, reported under both names"
+            mkdir -p "$OUT/arms/$twin"_s"$seed"; ln -sfn "${twin}_s${seed}" "$OUT/arms/gen_s${seed}"; continue
+        fi
         steps=$("$PY" -c "print(round($STEPS / (1 - $ratio)))")
         base="$BASE"
         for k in $(seq 1 "$n_stages"); do
