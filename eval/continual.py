@@ -155,7 +155,8 @@ def collect(out: Path) -> dict:
         wall, gen, mix = [], [], []
         for k in range(n):
             runs = [stages[k] for stages in seeds.values()]
-            w = [walls[str(r.relative_to(out))] for r in runs if str(r.relative_to(out)) in walls]
+            keys = [str(r.resolve().relative_to(out.resolve())) for r in runs]  # an aliased arm: its twin's runs
+            w = [walls[key] for key in keys if key in walls]
             records = [read_run_config(r) for r in runs]
             dream = [rec.run.dream_seconds for rec in records]
             wall.append(statistics.fmean(w) if w else None)
