@@ -35,8 +35,8 @@ if [ "$SWEEP" != 1 ] && [ -z "${GEN_RATIO:-}${KL:-}" ] && [ -f "$CONTINUAL_OUT/s
 print(b['ratio'], b['distill'])")"
     echo "generated replay from the sweep in $CONTINUAL_OUT/sweep: ratio $GEN_RATIO, KL weight $KL"
 fi
-GEN_RATIO="${GEN_RATIO:-0.25}"   # the sweep's choice on the CPU preset (docs/continual.md)
-KL="${KL:-3}"
+GEN_RATIO="${GEN_RATIO:-0.5}"    # the sweep's choice on the CPU preset (docs/continual.md)
+KL="${KL:-10}"
 ANCHOR="${ANCHOR:-10}"
 DREAM_SHARE="${DREAM_SHARE:-0.25}"
 FORCE="${FORCE:-0}"
