@@ -37,7 +37,8 @@ from data_prep.tok_report import language_stats
 from data_prep.vocab_ext import extend_hf_tokenizer, extend_tokenizer
 from minimodel.common.errors import UserError, cli_entry
 from minimodel.common.io import read_json_object, write_json, write_text
-from minimodel.tokenizers.tokenizer import open_tokenizer
+from minimodel.forgetting.dream import read_prompts as read_prefix_file
+from minimodel.tokenizers.tokenizer import copy_tokenizer, open_tokenizer
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts" / "dream"
 EXTEND_BELOW = 0.6  # German under the en+ko demo tokenizer: 0.52 of English's bytes/token; Russian 0.27
@@ -63,10 +64,7 @@ def read_prompts(lang: str, prompts_dir: Path) -> list[str]:
     if not path.is_file():
         raise UserError(f"no dream prompts for {lang!r}: write a few short prefixes in that language, one per "
                         f"line, into {path}")
-    lines = [x.strip() for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
-    if not lines:
-        raise UserError(f"{path} holds no prefix; write a few short prefixes in {lang!r}, one per line")
-    return lines
+    return read_prefix_file(path)  # the dream sampler's own reader: same rules, same errors
 
 
 def interleave(lists: list[list[str]]) -> list[str]:
@@ -121,8 +119,7 @@ def first_tokenizer(tokenizer: Path, out: Path) -> Path:
         return dest
     dest = out / "t0"
     dest.mkdir(exist_ok=True)
-    for f in tok.files():
-        shutil.copyfile(f, dest / f.name)
+    copy_tokenizer(tok, dest)
     return dest
 
 

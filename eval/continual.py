@@ -121,11 +121,10 @@ def alone_bpbs(out: Path, languages: list[str], split: str, arms_dirs: dict) -> 
 
 
 def collect(out: Path) -> dict:
-    seq = read_json_object(out / "sequence.json", "run recipes/continual.sh") if (out / "sequence.json").is_file() \
-        else None
-    if seq is None:
+    if not (out / "sequence.json").is_file():
         raise UserError(f"{out / 'sequence.json'} is missing: {out} is not a continual-learning run "
                         "(recipes/continual.sh writes it)")
+    seq = read_json_object(out / "sequence.json", "run recipes/continual.sh again")
     languages, split = seq["languages"], seq.get("split", "heldout")
     if not (out / "base_bpb.json").is_file():
         raise UserError(f"{out / 'base_bpb.json'} is missing: score the base first (recipes/continual.sh does)")
