@@ -257,6 +257,24 @@ class ReplayConfig(Section):
 
 
 @dataclass
+class PlasticityConfig(Section):
+    """[plasticity]: continual-learning mechanisms beyond replay (docs/continual.md); all off by default."""
+    metaplastic: float = 0.0            # viscosity: an update is divided by 1 + this x the importance the base's
+                                        # stages accumulated (mean 1 per stage); the run accumulates its own (0: off)
+    damping: float = 1e-3               # metaplastic: added to a matrix's squared movement when normalising
+    surprise_rank: bool = False         # place the LoRA rank budget by each matrix's surprise at the new language
+    surprise_windows: int = 8           # surprise_rank: windows of each language the gradients are measured on
+    surprise_budget: bool = False       # surprise_rank: also scale the budget by sqrt(new / known loss), in [1/2, 2]
+    split_lora: bool = False            # ranks [0, r/2) learn from the new language only, [r/2, r) from replay only
+
+    def check(self) -> None:
+        for key in ("metaplastic", "damping"):
+            if not getattr(self, key) >= 0:
+                raise UserError(f"config key plasticity.{key} must be >= 0, got {getattr(self, key)}")
+        _positive("plasticity", self, "surprise_windows")
+
+
+@dataclass
 class EvalConfig(Section):
     sets: list = field(default_factory=list)  # more prepared sets whose held-out bpb is logged as val_bpb_<name>
 
@@ -310,10 +328,18 @@ class StageConfig(Config):
 @dataclass
 class CptConfig(StageConfig):
     replay: ReplayConfig = field(default_factory=ReplayConfig)
+    plasticity: PlasticityConfig = field(default_factory=PlasticityConfig)
 
     def check(self) -> None:
         super().check()
-        rc = self.replay
+        rc, pc = self.replay, self.plasticity
+        lora_only = [k for k in ("metaplastic", "surprise_rank", "split_lora") if getattr(pc, k)]
+        if lora_only and (not self.lora.enabled or self.lora.backend != "peft"):
+            raise UserError(f"plasticity.{lora_only[0]} acts on a peft LoRA stage: set lora.enabled=true and "
+                            "lora.backend=peft (or turn it off)")
+        if pc.split_lora and (rc.ratio == 0 or self.lora.rank < 2):
+            raise UserError("plasticity.split_lora trains half the ranks on replay windows: set replay.ratio > 0 "
+                            f"with a replay source, and lora.rank >= 2 (got ratio {rc.ratio}, rank {self.lora.rank})")
         if rc.source == "generated" and rc.tokens <= 0:
             reads = self.replay_tokens_read()
             raise UserError(f"replay.source=generated needs replay.tokens > 0 (got {rc.tokens}): how many tokens "
@@ -345,6 +371,7 @@ class RunInfo(Section):
     vocab_tied: bool = False
     dream_tokens: int = 0               # generated replay: tokens the base wrote, and the seconds it took
     dream_seconds: float = 0.0
+    lora_ranks: list = field(default_factory=list)  # plasticity.surprise_rank: "module=rank" for each adapted matrix
 
 
 STAGE_CONFIGS = {"pretrain": RunConfig, "cpt": CptConfig, "sft": StageConfig}

@@ -38,6 +38,7 @@ fi
 GEN_RATIO="${GEN_RATIO:-0.5}"    # the sweep's choice on the CPU preset (docs/continual.md)
 KL="${KL:-10}"
 ANCHOR="${ANCHOR:-10}"
+META="${META:-10}"  # metaplastic arms without a strength in their name
 DREAM_SHARE="${DREAM_SHARE:-0.25}"
 FORCE="${FORCE:-0}"
 SATURATION="${SATURATION:-0}"
@@ -68,22 +69,37 @@ else
 fi
 IFS=, read -r -a LANG_LIST <<< "$LANGS"
 
-arm_settings() {  # NAME -> "source ratio distill anchor"
-    local a="$1"
+arm_settings() {  # NAME -> "source ratio distill anchor plasticity-overrides" (the last "-" when none)
+    local a="$1" mech
+    case "$a" in  # a mechanism arm: MECHANISM_BASELINE, the baseline arm's replay plus the [plasticity] switch
+        metaplastic*_*) mech="${a%%_*}"; local k="${mech#metaplastic}"; k="${k:-$META}"
+            [[ "$k" =~ ^[0-9.]+$ ]] || { unknown_arm "$a"; return 2; }
+            with_mechanism "${a#*_}" "plasticity.metaplastic=$k"; return ;;
+        surprise_rank_*) with_mechanism "${a#surprise_rank_}" "plasticity.surprise_rank=true"; return ;;
+        split_lora_*) with_mechanism "${a#split_lora_}" "plasticity.split_lora=true"; return ;;
+    esac
     case "$a" in
-        none) echo "data 0 0 0" ;;
-        gen) echo "generated $GEN_RATIO $KL 0" ;;
-        anchor) echo "generated $GEN_RATIO 0 $ANCHOR" ;;
+        none) echo "data 0 0 0 -" ;;
+        gen) echo "generated $GEN_RATIO $KL 0 -" ;;
+        anchor) echo "generated $GEN_RATIO 0 $ANCHOR -" ;;
         real[0-9]*) local p="${a#real}"; [[ "$p" =~ ^[0-9]+$ ]] || { unknown_arm "$a"; return 2; }
-                    echo "data $("$PY" -c "print($p / 100)") 0 0" ;;
+                    echo "data $("$PY" -c "print($p / 100)") 0 0 -" ;;
         gen[0-9]*_kl[0-9]*) local p="${a#gen}"; local k="${p#*_kl}"; p="${p%%_kl*}"
                     [[ "$p" =~ ^[0-9]+$ && "$k" =~ ^[0-9.]+$ ]] || { unknown_arm "$a"; return 2; }
-                    echo "generated $("$PY" -c "print($p / 100)") $k 0" ;;
+                    echo "generated $("$PY" -c "print($p / 100)") $k 0 -" ;;
         *) unknown_arm "$a"; return 2 ;;
     esac
 }
+with_mechanism() {  # BASELINE OVERRIDE: the baseline arm's settings with a [plasticity] switch on
+    local base
+    base="$(arm_settings "$1")" || return 2
+    case "$1" in metaplastic*|surprise_rank_*|split_lora_*) unknown_arm "$1"; return 2 ;; esac
+    [ "$(echo "$base" | cut -d' ' -f5)" = - ] || { unknown_arm "$1"; return 2; }
+    echo "${base% -} $2"
+}
 unknown_arm() {
-    echo "error: unknown arm '$1'; arms are none, real<P> (e.g. real25), gen, gen<P>_kl<K> (e.g. gen50_kl10), anchor" >&2
+    echo "error: unknown arm '$1'; arms are none, real<P> (e.g. real25), gen, gen<P>_kl<K> (e.g. gen50_kl10), anchor," \
+         "or a mechanism on one of them: metaplastic[<strength>]_<arm>, surprise_rank_<arm>, split_lora_<arm>" >&2
 }
 for arm in "${ARMS[@]}"; do arm_settings "$arm" > /dev/null || exit 2; done
 
@@ -144,7 +160,8 @@ cpt() {  # RUN BASE_DIR STAGE_INDEX SEED STEPS [overrides]
 n_stages=$(( ${#LANG_LIST[@]} - 1 ))
 for seed in "${SEEDS[@]}"; do
     for arm in "${ARMS[@]}"; do
-        read -r source ratio distill anchor <<< "$(arm_settings "$arm")"
+        read -r source ratio distill anchor mechanism <<< "$(arm_settings "$arm")"
+        plasticity=(); [ "$mechanism" = - ] || plasticity=("$mechanism")
         twin="gen$("$PY" -c "print(round($GEN_RATIO * 100))")_kl$("$PY" -c "print(f'{$KL:g}')")"
         if [ "$arm" = gen ] && [ "$SWEEP" != 1 ] && [[ " ${ARMS[*]} " == *" $twin "* ]]; then
             echo "arm gen is arm $twin (the sweep chose the same setting): run once, reported under both names"
@@ -170,9 +187,9 @@ print(math.ceil($DREAM_SHARE * c.replay_tokens_read()))")
             else
                 replay+=("replay.path=")
             fi
-            stage "arm $arm, seed $seed, stage $k ($lang): $source replay $ratio, distill $distill, anchor $anchor," \
+            stage "arm $arm, seed $seed, stage $k ($lang): $source replay $ratio, distill $distill, anchor $anchor,${plasticity[*]:+ ${plasticity[*]},}" \
                   "$steps steps from $base -> $run"
-            cpt "$run" "$base" "$k" "$seed" "$steps" "${replay[@]}"
+            cpt "$run" "$base" "$k" "$seed" "$steps" "${replay[@]}" "${plasticity[@]}"
             base="$run"
         done
     done

@@ -23,10 +23,9 @@ def anchored_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n}
 
 
-def estimate_fisher(model: nn.Module, windows: Windows, n_windows: int) -> dict[str, torch.Tensor]:
-    """Mean over `n_windows` evenly spaced windows of the squared gradient of each window's mean loss."""
-    params = anchored_parameters(model)
-    fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
+def window_gradients(model: nn.Module, windows: Windows, n_windows: int, params: list[torch.Tensor]):
+    """(loss, gradients of `params`) of each of `n_windows` evenly spaced windows, one window at a time, the
+    model in eval mode (a per-window estimate: the batch gradient squared would underestimate the Fisher)."""
     device = next(model.parameters()).device
     ids = torch.linspace(0, windows.n_windows - 1, min(n_windows, windows.n_windows)).long().tolist()
     was_training = model.training
@@ -35,12 +34,19 @@ def estimate_fisher(model: nn.Module, windows: Windows, n_windows: int) -> dict[
         for k in ids:
             x, y = windows.batch([k])
             loss = model(x.to(device), y.to(device))
-            grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
-            for (n, _), g in zip(params.items(), grads):
-                if g is not None:
-                    fisher[n] += g.float() ** 2 / len(ids)
+            yield loss.detach(), torch.autograd.grad(loss, params, allow_unused=True), len(ids)
     finally:
         model.train(was_training)
+
+
+def estimate_fisher(model: nn.Module, windows: Windows, n_windows: int) -> dict[str, torch.Tensor]:
+    """Mean over `n_windows` evenly spaced windows of the squared gradient of each window's mean loss."""
+    params = anchored_parameters(model)
+    fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
+    for _, grads, count in window_gradients(model, windows, n_windows, list(params.values())):
+        for n, g in zip(params, grads):
+            if g is not None:
+                fisher[n] += g.float() ** 2 / count
     return fisher
 
 

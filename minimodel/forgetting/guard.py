@@ -1,6 +1,7 @@
 """The model a CPT run trains when it fights forgetting beyond plain replay: the adapted model plus
-self-distillation on replay windows (minimodel.forgetting.distill) and/or an importance anchor towards the base
-(minimodel.forgetting.anchor). Both act in training only: validation sees the plain next-token loss.
+self-distillation on replay windows (minimodel.forgetting.distill), an importance anchor towards the base
+(minimodel.forgetting.anchor) and/or a split LoRA whose halves learn from their own rows
+(minimodel.forgetting.split_lora). All act in training only: validation sees the plain next-token loss.
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch.nn as nn
 
 from minimodel.forgetting.anchor import FisherAnchor
 from minimodel.forgetting.distill import AdapterOffTeacher, FrozenCopyTeacher, kl_sum
+from minimodel.forgetting.split_lora import SplitLora
 from minimodel.models.causal_lm import CausalLM
 from minimodel.nn.loss import cross_entropy
 
@@ -17,9 +19,10 @@ class ForgettingGuard(nn.Module):
     """forward(ids, targets, replay_rows=mask): the next-token loss, + distill x KL(base || model) summed
     over the marked rows' tokens (per token of the batch, like the loss), + the anchor's penalty."""
 
-    def __init__(self, lm: CausalLM, distill: float = 0.0, lora: bool = True, anchor: FisherAnchor | None = None):
+    def __init__(self, lm: CausalLM, distill: float = 0.0, lora: bool = True, anchor: FisherAnchor | None = None,
+                 split: SplitLora | None = None):
         super().__init__()
-        self.lm, self.distill, self.anchor = lm, distill, anchor
+        self.lm, self.distill, self.anchor, self.split = lm, distill, anchor, split
         self.teacher = None
         if distill > 0:
             self.teacher = AdapterOffTeacher(lm) if lora else FrozenCopyTeacher(lm)
@@ -38,6 +41,13 @@ class ForgettingGuard(nn.Module):
                 replay_rows: torch.Tensor | None = None):
         if targets is None or not self.training:
             return self.lm(ids, targets, reduction=reduction)
+        if self.split is not None:
+            with self.split.rows(replay_rows):
+                return self._training_loss(ids, targets, reduction, replay_rows)
+        return self._training_loss(ids, targets, reduction, replay_rows)
+
+    def _training_loss(self, ids: torch.Tensor, targets: torch.Tensor, reduction: str,
+                       replay_rows: torch.Tensor | None) -> torch.Tensor:
         if self.teacher is None or replay_rows is None or not bool(replay_rows.any()):
             loss = self.lm(ids, targets, reduction=reduction)
         else:

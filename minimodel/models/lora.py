@@ -74,14 +74,15 @@ def check_targets(core: nn.Module, targets: list[str]) -> None:
 
 
 def apply_lora(lm: CausalLM, rank: int, alpha: float, dropout: float, targets: list[str],
-               rslora: bool = True, train_embeddings: bool = True) -> CausalLM:
-    """Wrap `lm.net` with peft LoRA on `targets`; everything else frozen except the embeddings."""
+               rslora: bool = True, train_embeddings: bool = True, rank_pattern: dict | None = None) -> CausalLM:
+    """Wrap `lm.net` with peft LoRA on `targets`; everything else frozen except the embeddings.
+    `rank_pattern`: peft's per-module ranks (module-name regex -> rank), `rank` elsewhere."""
     import peft  # peft: only for adapter stages
 
     core = lm.core()
     check_targets(core, targets)
     cfg = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets),
-                          use_rslora=rslora, bias="none",
+                          use_rslora=rslora, bias="none", rank_pattern=dict(rank_pattern or {}),
                           task_type="CAUSAL_LM" if lm.kind == "hf" else None)
     lm.net = peft.get_peft_model(lm.net, cfg)
     unfreeze_embeddings(lm.core(), train_embeddings)

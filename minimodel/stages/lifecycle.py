@@ -42,6 +42,7 @@ class Built:
     embed_lr: float | None = None       # embeddings' own learning rate (adapter stages)
     vocab_fix: str | None = None        # what to say when the data's ids exceed the model's rows
     max_start_loss: float | None = None  # a trained base starts below this on data.known_sets (nats)
+    update_rule: object | None = None   # brackets each optimizer step (minimodel.forgetting.metaplastic)
 
 
 class Stage(Protocol):
@@ -107,7 +108,7 @@ def run_stage(stage: Stage, cfg, exits_after: bool = False) -> dict:
             try:
                 state = train(Job(model, optimizers, cfg, dist, run_dir, data, tracker,
                                   data.tokenizer.token_bytes(vocab), built.trained, built.max_start_loss,
-                                  stop))
+                                  stop, built.update_rule))
             finally:
                 tracker.close()
             if state.stopped_by is not None:  # the checkpoint is saved; still counting signals (a 2nd is ignored)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Callable
 
 import torch.nn as nn
 
@@ -30,9 +31,11 @@ def load_base(cfg: StageConfig) -> CausalLM:
                 max_seq_len=cfg.data.seq_len, load_in_4bit=cfg.lora.load_in_4bit)
 
 
-def adapt(cfg: StageConfig, lm: CausalLM, data: StageData, stage: str) -> Built:
+def adapt(cfg: StageConfig, lm: CausalLM, data: StageData, stage: str,
+          rank_plan: Callable[[CausalLM], dict] | None = None) -> Built:
     """The base made trainable on the data: resized when the data's tokenizer extends it, then
-    wrapped in LoRA (lora.enabled) or unfrozen whole (full fine-tuning)."""
+    wrapped in LoRA (lora.enabled) or unfrozen whole (full fine-tuning). `rank_plan(lm)`, called on the
+    resized base, returns peft's rank_pattern (per-module ranks) for the peft backend."""
     lc = cfg.lora
     base_tokenizer = lm.tokenizer
     info = {"base": cfg.base.path, "base_kind": lm.kind,
@@ -50,7 +53,8 @@ def adapt(cfg: StageConfig, lm: CausalLM, data: StageData, stage: str) -> Built:
     elif lc.backend == "unsloth":
         apply_unsloth_lora(lm, lc, cfg.train.seed)
     else:
-        apply_lora(lm, lc.rank, lc.alpha, lc.dropout, lc.target_modules, lc.rslora, lc.train_embeddings)
+        pattern = rank_plan(lm) if rank_plan is not None else None
+        apply_lora(lm, lc.rank, lc.alpha, lc.dropout, lc.target_modules, lc.rslora, lc.train_embeddings, pattern)
     view = TrainableView(lm)
     info["trainable_params"] = sum(p.numel() for p in view.parameters())
     info["params"] = lm.num_params()

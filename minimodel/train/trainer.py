@@ -28,6 +28,12 @@ from minimodel.train.stopping import StopSignals
 from minimodel.train.tracking import Tracker
 
 
+def peak_rss_gib() -> float:
+    import resource  # POSIX only: imported where it is used
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return kib / 2**20 if sys.platform != "darwin" else kib / 2**30
+
+
 def autocast_ctx(device: torch.device, dtype: str):
     if dtype == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
@@ -108,6 +114,7 @@ class Job:
     ckpt_model: nn.Module            # what checkpoints hold (adapter stages: the trainable tensors only)
     max_start_loss: float | None = None  # on data.known_sets: above it, the ids mean nothing to the model
     stop: StopSignals = field(default_factory=StopSignals)  # installed by the stage: SIGTERM/SIGINT seen
+    update_rule: object | None = None  # before_step()/after_step() around the optimizers' step (metaplasticity)
 
 
 def train(job: Job) -> TrainState:
@@ -223,8 +230,12 @@ def train(job: Job) -> TrainState:
         if faulty_ranks == 0:
             if cfg.optim.grad_clip:  # clipped only when finite: a NaN norm would wipe every gradient
                 torch.nn.utils.clip_grads_with_norm_(model.parameters(), cfg.optim.grad_clip, grad_norm)
+            if job.update_rule is not None:
+                job.update_rule.before_step()
             for opt in optimizers:
                 opt.step()
+            if job.update_rule is not None:
+                job.update_rule.after_step()
             consecutive_skips = 0
             spike = spikes.update(step_loss)
             if spike is not None:
@@ -270,6 +281,8 @@ def train(job: Job) -> TrainState:
                        "loss_spikes": state.loss_spikes}
             if dist.device.type == "cuda":  # what the planner's memory model is calibrated against
                 metrics["peak_mem_gib"] = torch.cuda.max_memory_allocated(dist.device) / 2**30
+            else:  # the process's peak resident memory (the CPU's closest equivalent)
+                metrics["peak_rss_gib"] = peak_rss_gib()
             tracker.log(state.step, **metrics)
             tracker.progress(state.step, loss=step_loss, tok_s=int(tok_s))
         if tc.attn_logit_every and (state.step % tc.attn_logit_every == 0 or state.step == tc.steps):
