@@ -150,7 +150,7 @@ def collect(out: Path) -> dict:
         cfg = read_run_config(next(iter(seeds.values()))[0]).config
         rc = cfg.replay
         a.update({"source": "none" if rc.ratio == 0 else rc.source, "ratio": rc.ratio, "distill": rc.distill,
-                  "anchor": rc.anchor, "seeds": sorted(seeds)})
+                  "anchor": rc.anchor, "seeds": sorted(seeds), "mechanism": mechanism_of(cfg)})
         wall, gen, mix = [], [], []
         for k in range(n):
             runs = [stages[k] for stages in seeds.values()]
@@ -161,8 +161,14 @@ def collect(out: Path) -> dict:
             wall.append(statistics.fmean(w) if w else None)
             gen.append(statistics.fmean(dream) / statistics.fmean(w) if w and a["source"] == "generated" else None)
             mix.append(dream_mix(records[0].config))
-        a.update({"wall_s": wall, "gen_share": gen, "dream_language_mix": mix})
+        a.update({"wall_s": wall, "gen_share": gen, "dream_language_mix": mix,
+                  "peak_rss_gib": peak_memory([st for stages in seeds.values() for st in stages]),
+                  "state_bytes": state_bytes([stages[-1] for stages in seeds.values()])})
         arms[name] = a
+    for name, a in arms.items():
+        if a["mechanism"]:
+            a["baseline"] = baseline_of(name, a, arms)
+            a["vs_baseline"] = against_baseline(a, arms.get(a["baseline"]))
     summary = {"languages": languages, "split": split, "base": dict(zip(languages, base_row)), "alone": alone,
                "arms": arms, "total_wall_s": walls.get("total")}
     for extra in ("saturation", "sweep"):
@@ -172,6 +178,55 @@ def collect(out: Path) -> dict:
     summary["best"] = best_arm(arms)
     summary["targets"] = targets(summary)
     return summary
+
+
+def mechanism_of(cfg) -> str | None:
+    """The [plasticity] mechanism an arm's stages ran with ("metaplastic", "surprise_rank", "split_lora"; joined
+    with + when several), None for a replay-only arm."""
+    pc = getattr(cfg, "plasticity", None)
+    on = [k for k in ("metaplastic", "surprise_rank", "split_lora") if pc is not None and getattr(pc, k)]
+    return "+".join(on) or None
+
+
+def baseline_of(name: str, arm: dict, arms: dict) -> str | None:
+    """The replay-only arm with the same replay (source, ratio, distillation, anchor): the one the mechanism's
+    name ends with when several match (an aliased pair), else the first."""
+    same = [n for n, a in arms.items() if not a["mechanism"] and all(
+        a[k] == arm[k] for k in ("source", "ratio", "distill", "anchor"))]
+    named = [n for n in same if name.endswith("_" + n)]
+    return (named or same or [None])[0]
+
+
+def against_baseline(arm: dict, base: dict | None) -> dict | None:
+    """What the mechanism changed: bwt (points; positive = less forgotten), the seed spreads it must beat, the
+    new language's final bpb and the stage wall time, relative to its baseline arm."""
+    if base is None:
+        return None
+    gain = (base["bwt"] - arm["bwt"]) * 100
+    spread = (base["spread"]["bwt"] + arm["spread"]["bwt"]) * 100
+    walls = [(w, v) for w, v in zip(arm["wall_s"], base["wall_s"]) if w and v]
+    return {"bwt_gain_pp": gain, "spread_pp": spread, "en_relative_gain_pp": (base["en_relative"] -
+                                                                               arm["en_relative"]) * 100,
+            "final_new_bpb": relative(arm["final_new_bpb"], base["final_new_bpb"]),
+            "wall": statistics.fmean(w / v for w, v in walls) - 1 if walls else None,
+            "beats": gain > spread and relative(arm["final_new_bpb"], base["final_new_bpb"]) <= 0.01}
+
+
+def peak_memory(runs: list[Path]) -> float | None:
+    """The largest peak memory any stage logged (GPU allocated, or the CPU process's resident set), GiB."""
+    from minimodel.train.tracking import read_metrics
+
+    peaks = [m.get("peak_mem_gib", m.get("peak_rss_gib")) for r in runs if (r / "metrics.jsonl").is_file()
+             for m in read_metrics(r)]
+    peaks = [p for p in peaks if p is not None]
+    return max(peaks) if peaks else None
+
+
+def state_bytes(last_stages: list[Path]) -> int | None:
+    """Bytes of the state a mechanism keeps beside the model (metaplasticity's importance), after the last stage."""
+    files = [r / "plasticity" / "importance.safetensors" for r in last_stages]
+    sizes = [f.stat().st_size for f in files if f.is_file()]
+    return max(sizes) if sizes else None
 
 
 def best_arm(arms: dict) -> dict:
@@ -210,6 +265,14 @@ def targets(summary: dict) -> dict:
     if gen and any(s is not None for s in gen["gen_share"]):
         share = max(s for s in gen["gen_share"] if s is not None)
         out["gen_share_max_stage"] = _target(share, "< 15% of each stage's wall time", share < 0.15)
+    mech = {n: a for n, a in arms.items() if a["mechanism"] and a.get("vs_baseline")}
+    if mech:
+        name, a = max(mech.items(), key=lambda kv: kv[1]["vs_baseline"]["bwt_gain_pp"] - kv[1]["vs_baseline"][
+            "spread_pp"])
+        v = a["vs_baseline"]
+        out["mechanism_bwt_gain_pp"] = _target(v["bwt_gain_pp"], "> the seeds' spread at <= +1% new-language bpb",
+                                               v["beats"]) | {"arm": name, "baseline": a["baseline"],
+                                                              "spread_pp": v["spread_pp"]}
     if summary.get("total_wall_s"):
         minutes = summary["total_wall_s"] / 60
         out["cpu_preset_minutes"] = _target(minutes, "< 60", minutes < 60)
@@ -219,7 +282,7 @@ def targets(summary: dict) -> dict:
 def arm_order(arms: dict) -> list[tuple[str, dict]]:
     """No replay first, then real replay, then generated, each by ratio, distillation, anchor."""
     return sorted(arms.items(), key=lambda kv: (kv[1]["source"] != "none", kv[1]["source"], kv[1]["ratio"],
-                                                kv[1]["distill"], kv[1]["anchor"]))
+                                                kv[1]["distill"], kv[1]["anchor"], kv[1].get("mechanism") or ""))
 
 
 def _pct(x: float | None) -> str:
@@ -249,6 +312,22 @@ def report(summary: dict) -> str:
             + " | ".join(_pct(a["forgetting"][x]) for x in langs[1:-1])
             + f" | {a['final_new_bpb']:.4f} | {'' if plast is None else f'{plast:.3f}'} | "
             + (f"{max(shares):.1%}" if shares else "") + " |")
+    mech = [(n, a) for n, a in order if a.get("mechanism") and a.get("vs_baseline")]
+    if mech:
+        lines += ["", "Mechanisms against their baseline (the replay-only arm with the same replay). bwt gain: points "
+                  "of backward transfer saved (positive: less forgotten); it counts when above the two arms' seed "
+                  "spreads added up, at no more than +1% new-language bpb.", "",
+                  "| arm | mechanism | baseline | bwt gain | spread | en vs base gain | new-language bpb | "
+                  "wall per stage | peak memory | state on disk | beats |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for name, a in mech:
+            v = a["vs_baseline"]
+            lines.append(
+                f"| {name} | {a['mechanism']} | {a['baseline']} | {v['bwt_gain_pp']:+.2f} pp | {v['spread_pp']:.2f} pp"
+                f" | {v['en_relative_gain_pp']:+.2f} pp | {v['final_new_bpb']:+.2%} | {_pct(v['wall'])} | "
+                + (f"{a['peak_rss_gib']:.2f} GiB" if a.get("peak_rss_gib") else "") + " | "
+                + (f"{a['state_bytes'] / 1024:.0f} KiB" if a.get("state_bytes") else "") + " | "
+                + ("yes" if v["beats"] else "no") + " |")
     for name, a in order:
         lines += ["", f"## {name}: R (rows: after each stage; columns: languages)", "",
                   "| after | " + " | ".join(langs) + " |", "|---|" + "---:|" * len(langs)]
@@ -266,7 +345,8 @@ def report(summary: dict) -> str:
     if summary["targets"]:
         lines += ["", "| target | measured | aim | met |", "|---|---:|---|---|"]
         for k, t in summary["targets"].items():
-            v = f"{t['value']:.1f}" if k.endswith("minutes") or k.endswith("_pp") else f"{t['value']:+.2%}"
+            v = f"{t['value']:+.2f}" if k.endswith("_pp") else f"{t['value']:.1f}" if k.endswith("minutes") \
+                else f"{t['value']:+.2%}"
             lines.append(f"| {k} | {v} | {t['target']} | {'yes' if t['met'] else 'no'} |")
     lines += ["", "![forgetting matrices](heatmap.png)", "", "![every language across stages](stages.png)", ""]
     return "\n".join(lines)

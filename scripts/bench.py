@@ -2,11 +2,13 @@
 
     python -m scripts.bench train [...]      training step vs transformers (scripts/bench_train.py)
     python -m scripts.bench tokenize [...]   tokenisation throughput (scripts/bench_tokenize.py)
+    python -m scripts.bench plasticity [...] cost of each [plasticity] switch (scripts/bench_plasticity.py)
 """
 import importlib
 import sys
 
-BENCHES = {"train": "scripts.bench_train", "tokenize": "scripts.bench_tokenize"}
+BENCHES = {"train": "scripts.bench_train", "tokenize": "scripts.bench_tokenize",
+           "plasticity": "scripts.bench_plasticity"}
 
 
 def main():

@@ -4,6 +4,7 @@ values, what each arm reads, a stage killed mid-way, and bad input."""
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -253,6 +254,31 @@ def test_a_stage_killed_mid_way_resumes_bitwise(toy, tmp_path):
                 os.killpg(p.pid, signal.SIGKILL)
 
 
+def test_a_mechanism_arm_joins_the_sequence_beside_its_baseline(toy, tmp_path):
+    """ARMS=metaplastic_real25 on a finished sequence: the real25 replay with the [plasticity] switch on, its
+    importance carried from stage to stage, and scored against real25 in summary.json."""
+    out = tmp_path / "out"
+    shutil.copytree(toy["out"], out, symlinks=True)
+    r = run_recipe({**toy["env"], "OUT": str(out), "ARMS": "metaplastic_real25", "ALONE": "0"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    from minimodel.config import read_run_config
+    from minimodel.forgetting.metaplastic import inherited
+
+    stages = [out / "arms" / "metaplastic_real25_s0" / f"stage{k}_{lang}" for k, lang in enumerate(LANGS[1:], 1)]
+    for k, st in enumerate(stages, start=1):
+        cfg = read_run_config(st).config
+        assert cfg.plasticity.metaplastic == 10 and cfg.replay.ratio == 0.25 and cfg.replay.source == "data"
+        assert inherited(st).stages == k  # each stage adds its own importance to its base's
+    summary = json.loads((out / "summary.json").read_text())
+    arm = summary["arms"]["metaplastic_real25"]
+    assert arm["mechanism"] == "metaplastic" and arm["baseline"] == "real25"
+    assert arm["state_bytes"] == (stages[-1] / "plasticity" / "importance.safetensors").stat().st_size
+    v = arm["vs_baseline"]
+    assert v["bwt_gain_pp"] == pytest.approx((summary["arms"]["real25"]["bwt"] - arm["bwt"]) * 100)
+    assert "mechanism_bwt_gain_pp" in summary["targets"]
+    assert "| metaplastic_real25 | metaplastic | real25 |" in (out / "continual.md").read_text()
+
+
 # ---------------------------------------------------------------- bad input: one clear line
 
 def error_lines(r: subprocess.CompletedProcess) -> list[str]:
@@ -262,6 +288,8 @@ def error_lines(r: subprocess.CompletedProcess) -> list[str]:
 @pytest.mark.parametrize("extra, match", [
     ({"LANGS": "en,xx"}, "language 'xx' has no offline text"),
     ({"ARMS": "none bogus"}, "unknown arm 'bogus'"),
+    ({"ARMS": "metaplastic_bogus"}, "unknown arm 'bogus'"),
+    ({"ARMS": "split_lora_split_lora_real25"}, "unknown arm 'split_lora_split_lora_real25'"),
     ({"BASE": "/nonexistent/core"}, "base /nonexistent/core not found"),
 ])
 def test_bad_recipe_input_is_one_clear_line(toy, tmp_path, extra, match):

@@ -269,3 +269,27 @@ def test_bad_plasticity_settings_are_one_clear_line(bilingual, tmp_path):
         cfg(**{"plasticity.metaplastic": -1.0})
     with pytest.raises(UserError, match="unknown config key plasticity.viscosity"):
         cfg(**{"plasticity.viscosity": 1.0})
+
+
+# ---- the report: a mechanism arm against its baseline ----
+
+def test_a_mechanism_arm_is_scored_against_the_same_replay_without_it():
+    from eval.continual import against_baseline, baseline_of
+
+    def arm(bwt, spread, new_bpb, mechanism=None, ratio=0.25, wall=(100.0, 100.0)):
+        return {"source": "data", "ratio": ratio, "distill": 0.0, "anchor": 0.0, "mechanism": mechanism,
+                "bwt": bwt, "spread": {"bwt": spread, "en_relative": 0.0}, "en_relative": bwt,
+                "final_new_bpb": new_bpb, "wall_s": list(wall)}
+    arms = {"real5": arm(0.07, 0.002, 2.3, ratio=0.05), "real25": arm(0.04, 0.002, 2.30),
+            "metaplastic_real25": arm(0.03, 0.001, 2.31, "metaplastic", wall=(105.0, 110.0)),
+            "split_lora_real25": arm(0.039, 0.001, 2.30, "split_lora"),
+            "surprise_rank_real25": arm(0.02, 0.001, 2.40, "surprise_rank")}
+    assert baseline_of("metaplastic_real25", arms["metaplastic_real25"], arms) == "real25"
+    beats = against_baseline(arms["metaplastic_real25"], arms["real25"])
+    assert beats["bwt_gain_pp"] == pytest.approx(1.0) and beats["spread_pp"] == pytest.approx(0.3)
+    assert beats["final_new_bpb"] == pytest.approx(0.01 / 2.3) and beats["wall"] == pytest.approx(0.075)
+    assert beats["beats"]
+    within_noise = against_baseline(arms["split_lora_real25"], arms["real25"])
+    assert within_noise["bwt_gain_pp"] < within_noise["spread_pp"] and not within_noise["beats"]
+    learns_less = against_baseline(arms["surprise_rank_real25"], arms["real25"])  # +4% new-language bpb
+    assert learns_less["bwt_gain_pp"] > learns_less["spread_pp"] and not learns_less["beats"]
