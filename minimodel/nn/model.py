@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
+from torch.utils.checkpoint import checkpoint
 
 from minimodel.nn.loss import cross_entropy
 
@@ -201,6 +202,9 @@ class MiniModel(nn.Module):
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+        # activation checkpointing (train.grad_checkpoint): each block keeps only its input and runs
+        # again in backward; same loss and gradients, activations of one block instead of all
+        self.grad_checkpoint = False
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -230,8 +234,12 @@ class MiniModel(nn.Module):
         x = self.model.embed_tokens(input_ids)
         positions = torch.arange(start_pos, start_pos + T, device=input_ids.device)
         cos, sin = self.model.rotary_emb(positions)
+        recompute = self.grad_checkpoint and caches is None and torch.is_grad_enabled()
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, None if caches is None else caches[i])
+            if recompute:
+                x = checkpoint(layer, x, cos, sin, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, None if caches is None else caches[i])
         logits = self.lm_head(self.model.norm(x))
         if targets is None:
             return logits

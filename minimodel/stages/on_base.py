@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 
 from minimodel.common.errors import UserError
@@ -16,18 +17,33 @@ from minimodel.data.format import read_manifest
 from minimodel.data.stage_data import StageData
 from minimodel.models.causal_lm import CausalLM
 from minimodel.models.export import copy_tokenizer_files, export_model
-from minimodel.models.loading import load
+from minimodel.models.loading import load, resolve
 from minimodel.models.lora import TrainableView, apply_lora, apply_unsloth_lora, full_finetune, merge, save_adapter
+from minimodel.models.memory import base_dtype, fp32_masters, prepare_quantized
 from minimodel.models.vocab_resize import resize_vocab
 from minimodel.stages.lifecycle import Built
 from minimodel.tokenizers.tokenizer import Tokenizer, copy_tokenizer, open_tokenizer, tokenizer_relation
 
 
 def load_base(cfg: StageConfig) -> CausalLM:
-    """The stage's base (base.path) as trained, on the CPU."""
-    return load(cfg.base.path, trust_remote_code=cfg.base.trust_remote_code,
-                backend="unsloth" if cfg.lora.backend == "unsloth" else "transformers",
-                max_seq_len=cfg.data.seq_len, load_in_4bit=cfg.lora.load_in_4bit)
+    """The stage's base (base.path) as trained, on the CPU (a quantised one on the GPU), its frozen weights
+    in base.dtype; `lm.precision` says what was chosen and why (the run's first log line repeats it)."""
+    src = resolve(cfg.base.path)
+    dtype, why = base_dtype(cfg.base.dtype, src.kind, src.path)
+    if cfg.base.quantize != "none":
+        dtype, why = torch.bfloat16, f"base.quantize={cfg.base.quantize} (bf16 compute, bf16 norms until prepared)"
+    lm = load(src, trust_remote_code=cfg.base.trust_remote_code,
+              backend="unsloth" if cfg.lora.backend == "unsloth" else "transformers",
+              max_seq_len=cfg.data.seq_len, load_in_4bit=cfg.lora.load_in_4bit, dtype=dtype,
+              quantize=cfg.base.quantize)
+    if cfg.lora.backend == "unsloth":  # unsloth picks its own dtype (bf16 where the GPU has it, or 4-bit)
+        why = "lora.backend=unsloth chooses (bf16, or 4-bit with lora.load_in_4bit)"
+    lm.precision = f"{cfg.base.quantize if cfg.base.quantize != 'none' else str(dtype).removeprefix('torch.')}" \
+                   f" frozen base ({why})"
+    if dtype != torch.float32 and cfg.train.dtype == "fp32" and cfg.lora.backend == "peft":
+        raise UserError(f"the base's frozen weights are {str(dtype).removeprefix('torch.')} ({why}) but "
+                        "train.dtype=fp32 runs without autocast; set train.dtype=bf16, or base.dtype=fp32")
+    return lm
 
 
 def adapt(cfg: StageConfig, lm: CausalLM, data: StageData, stage: str) -> Built:
@@ -50,14 +66,18 @@ def adapt(cfg: StageConfig, lm: CausalLM, data: StageData, stage: str) -> Built:
     elif lc.backend == "unsloth":
         apply_unsloth_lora(lm, lc, cfg.train.seed)
     else:
+        if cfg.base.quantize != "none":
+            lm.net = prepare_quantized(lm.net)
         apply_lora(lm, lc.rank, lc.alpha, lc.dropout, lc.target_modules, lc.rslora, lc.train_embeddings)
+    fp32_masters(lm)  # LoRA factors, embeddings, lm_head (everything under full fine-tuning): fp32 + fp32 AdamW
     view = TrainableView(lm)
     info["trainable_params"] = sum(p.numel() for p in view.parameters())
     info["params"] = lm.num_params()
     embed_lr = cfg.optim.lr * lc.embedding_lr_mult
     how = f"LoRA r={lc.rank} ({lc.backend})" if lc.enabled else "full fine-tuning"
     summary = (f"{stage}: base {cfg.base.path} ({lm.kind}, {info['params'] / 1e6:.2f}M params, "
-               f"tokenizer {info['tokenizer']}), {how}, {info['trainable_params'] / 1e6:.3f}M trainable, "
+               f"tokenizer {info['tokenizer']}), {getattr(lm, 'precision', 'fp32 frozen base')}, {how}, "
+               f"{info['trainable_params'] / 1e6:.3f}M trainable (fp32), "
                f"lr {cfg.optim.lr:g} / embeddings {embed_lr:g}, {cfg.train.steps} steps")
 
     def finish(run_dir: Path) -> dict:
