@@ -78,7 +78,9 @@ def muon_flops_per_step(shapes: list[tuple[int, int]]) -> float:
 
 
 def estimate(cfg: RunConfig, gpu_name: str = "4090", n_gpus: int = 1, mfu: float | None = None,
-             usd_per_gpu_hour: float | None = None) -> dict:
+             usd_per_gpu_hour: float | None = None, cpu_loss: bool = False) -> dict:
+    """The plan of `cfg` on `gpu_name`; cpu_loss: memory as the CPU's chunked loss keeps the logits (the
+    CPU calibration, scripts/calibrate_plan.py --measure)."""
     if n_gpus < 1:
         raise UserError(f"--n {n_gpus}: the number of GPUs must be at least 1")
     if mfu is not None and not 0 < mfu <= 1:
@@ -106,7 +108,7 @@ def estimate(cfg: RunConfig, gpu_name: str = "4090", n_gpus: int = 1, mfu: float
     muon_on_hidden = cfg.optim.name == "muon" and base is None  # adapter stages: LoRA factors are small
     optim_flops_per_gpu = tc.steps * muon_flops_per_step(counts.hidden_shapes) if muon_on_hidden else 0.0
     flops_per_gpu = train_flops / n_gpus + eval_flops_per_gpu + optim_flops_per_gpu
-    mem = memory_bytes(cfg, m, counts, tc.micro_batch, n_gpus, ckpt)
+    mem = memory_bytes(cfg, m, counts, tc.micro_batch, n_gpus, ckpt, cpu_loss)
     grad_bytes = 4 * (counts.stage["trainable"] if base is not None else counts.params)
 
     rows = []

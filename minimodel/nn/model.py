@@ -108,6 +108,31 @@ def fused_linear(x: torch.Tensor, projections: tuple[nn.Linear, ...]) -> tuple[t
     return F.linear(x, weight).split([p.out_features for p in projections], dim=-1)
 
 
+class KVCache:
+    """One layer's keys and values during generation, allocated once for the whole sequence (on the first
+    write, in the keys' dtype): each step writes its positions in place and attention reads a view of the
+    filled prefix. Concatenating instead copies the whole cache at every step (quadratic in length)."""
+
+    def __init__(self, max_len: int):
+        self.max_len, self.length = max_len, 0
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """k, v: (B, kv_heads, T, head_dim) of the next T positions; the keys and values of all so far."""
+        end = self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache of {self.max_len} positions cannot take {end}")
+        if self.k is None:
+            shape = (k.shape[0], k.shape[1], self.max_len, k.shape[3])
+            self.k = k.new_empty(shape)
+            self.v = v.new_empty(shape)
+        self.k[:, :, self.length:end] = k
+        self.v[:, :, self.length:end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -123,7 +148,7 @@ class Attention(nn.Module):
         self.record_max_logit = False  # diagnostics: the largest pre-softmax logit
         self.max_logit: float | None = None
 
-    def forward(self, x, cos, sin, cache: list | None = None):
+    def forward(self, x, cos, sin, cache: KVCache | None = None):
         T = x.shape[1]
         q, k, v = fused_linear(x, (self.q_proj, self.k_proj, self.v_proj))
         # split heads (views, no copy); QK-norm per head over head_dim, before RoPE, as Qwen3, and in the
@@ -136,11 +161,9 @@ class Attention(nn.Module):
         v = rearrange(v, "b t (h d) -> b h t d", h=self.n_kv_heads)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         past = 0
-        if cache is not None:  # [k, v] of earlier positions, extended in place
-            if cache:
-                past = cache[0].shape[2]
-                k, v = torch.cat((cache[0], k), dim=2), torch.cat((cache[1], v), dim=2)
-            cache[:] = [k, v]
+        if cache is not None:  # a KVCache: earlier positions' keys and values, this chunk's written after them
+            past = cache.length
+            k, v = cache.append(k, v)
         if self.record_max_logit:
             self._record_logits(q, k, past)
         if past and T > 1:  # a chunk after a prefix: causal within the chunk, all of the prefix
@@ -227,7 +250,7 @@ class MiniModel(nn.Module):
         return n
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
-                caches: list | None = None, start_pos: int = 0, reduction: str = "mean"):
+                caches: list[KVCache] | None = None, start_pos: int = 0, reduction: str = "mean"):
         """Logits (B, T, V), or the cross-entropy loss when `targets` is given
         (targets == -100 are ignored)."""
         T = input_ids.shape[1]

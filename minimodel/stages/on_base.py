@@ -61,15 +61,7 @@ def adapt(cfg: StageConfig, lm: CausalLM, data: StageData, stage: str) -> Built:
         resized = resize_vocab(lm.core(), base_tokenizer, data.tokenizer)
         lm.refresh_config()
         info.update({f"vocab_{k}": v for k, v in resized.items()})
-    if not lc.enabled:
-        full_finetune(lm)
-    elif lc.backend == "unsloth":
-        apply_unsloth_lora(lm, lc, cfg.train.seed)
-    else:
-        if cfg.base.quantize != "none":
-            lm.net = prepare_quantized(lm.net)
-        apply_lora(lm, lc.rank, lc.alpha, lc.dropout, lc.target_modules, lc.rslora, lc.train_embeddings)
-    fp32_masters(lm)  # LoRA factors, embeddings, lm_head (everything under full fine-tuning): fp32 + fp32 AdamW
+    make_trainable(cfg, lm)
     view = TrainableView(lm)
     info["trainable_params"] = sum(p.numel() for p in view.parameters())
     info["params"] = lm.num_params()
@@ -98,6 +90,23 @@ def adapt(cfg: StageConfig, lm: CausalLM, data: StageData, stage: str) -> Built:
     return Built(lm, view, info, summary, finish, embed_lr=embed_lr,
                  vocab_fix="the data and the base disagree on the tokenizer",
                  max_start_loss=math.log(lm.config.vocab_size) + 1.0)
+
+
+def make_trainable(cfg: StageConfig, lm: CausalLM) -> CausalLM:
+    """LoRA (peft, on a prepared quantised base too, or unsloth) or full fine-tuning, in place; whatever
+    trains becomes an fp32 master (LoRA factors, embeddings, lm_head; everything under full fine-tuning).
+    The GPU check and the memory calibration build their models through this too."""
+    lc = cfg.lora
+    if not lc.enabled:
+        full_finetune(lm)
+    elif lc.backend == "unsloth":
+        apply_unsloth_lora(lm, lc, cfg.train.seed)
+    else:
+        if cfg.base.quantize != "none":
+            lm.net = prepare_quantized(lm.net)
+        apply_lora(lm, lc.rank, lc.alpha, lc.dropout, lc.target_modules, lc.rslora, lc.train_embeddings)
+    fp32_masters(lm)
+    return lm
 
 
 def check_same_tokenizer(data_dir: Path, other: Path, what: str) -> None:

@@ -128,9 +128,17 @@ def stage_numbers(cfg, m: ModelConfig, n_params: int, stored: str = "fp32", hf: 
 
 
 def memory_bytes(cfg, m: ModelConfig, counts: ModelCounts, micro_batch: int, n_gpus: int,
-                 checkpointing: bool | None = None) -> dict:
-    """Estimated peak bytes per GPU, by component. `checkpointing` overrides the stage's setting
-    (what train.grad_checkpoint=auto compares)."""
+                 checkpointing: bool | None = None, cpu_loss: bool = False) -> dict:
+    """Estimated peak bytes per GPU, by component. `checkpointing` overrides the stage's setting (what
+    train.grad_checkpoint=auto compares); `cpu_loss`: the logits as the CPU's chunked loss keeps them
+    (minimodel.nn.loss: the logits and their gradient only), for the CPU calibration.
+
+    Pretraining and full fine-tuning add every component up. An adapter stage (a frozen base) is planned by
+    phase, as measured (scripts/calibrate_plan.py --measure): the weights and AdamW states persist; on top
+    of them either the end of the forward pass and start of backward (activations, autocast's weight
+    copies, the logits and their gradient, lm_head's fp32 gradient) or the optimizer step (every
+    gradient and AdamW's foreach temporary, one fp32 tensor per trained one), whichever is larger; the
+    LoRA gradients appear during backward only as the layers' activations are freed."""
     bf16 = cfg.train.dtype == "bf16"
     b = 2 if bf16 else 4
     tokens = micro_batch * cfg.data.seq_len
@@ -141,8 +149,9 @@ def memory_bytes(cfg, m: ModelConfig, counts: ModelCounts, micro_batch: int, n_g
         optim = 8 * n
     weights, trained, cast = 4 * n, n, 2 * n if bf16 else 0
     stage = counts.stage
+    adapter = stage is not None and stage["frozen"] > 0
     per_layer = activation_bytes_per_token_layer(m, b)
-    if stage is not None and stage["frozen"]:  # adapter stage: only the trainable tensors carry state
+    if adapter:  # only the trainable tensors carry state
         trained = stage["trainable"]
         weights = int(stage["frozen"] * stage["frozen_bytes_per_param"]) + 4 * trained
         optim = 8 * trained
@@ -161,16 +170,30 @@ def memory_bytes(cfg, m: ModelConfig, counts: ModelCounts, micro_batch: int, n_g
     # layers (or, checkpointed, each layer's fp32 input and one layer recomputed) + the final norm (fp32
     # input and output, 1/rms) + lm_head's input
     kept = tokens * (m.n_layers * 4 * m.d_model + per_layer) if checkpointing else tokens * m.n_layers * per_layer
+    # GPU: bf16 logits, their fp32 copy for the loss, its gradient, the gradient in b; CPU: logits + gradient
+    logit_bytes = 2 * b if cpu_loss else b + 4 + 4 + b
     parts = {
         "weights": weights,                             # fp32 master weights (a frozen base as loaded)
         "grads": 4 * trained,                           # fp32
         "optimizer": optim,                             # fp32 states
+        "optimizer_step_temporaries": 0,
         "bf16_weight_copies": cast,                     # autocast's casts, kept for backward
         "ddp_buckets": 4 * trained if n_gpus > 1 else 0,  # DDP copies grads into its buckets
         "activations": kept + tokens * (8 * m.d_model + 4 + b * m.d_model),
-        # logits (b) + their fp32 copy for the loss (4) + its gradient (4) + the gradient in b
-        "logits": tokens * m.vocab_size * (b + 4 + 4 + b),
+        "logits": tokens * m.vocab_size * logit_bytes,
     }
+    if adapter:
+        head_grad = 4 * m.vocab_size * m.d_model if trained > stage["lora"] else 0
+        backward = parts["activations"] + parts["logits"] + cast + head_grad
+        # a tied embedding's second gradient (lm_head's, then embed_tokens') is added out of place at the end
+        # of backward: the stored gradient, the new one and their sum are live together
+        tied_sum = 8 * m.vocab_size * m.d_model if m.tie_embeddings and head_grad else 0
+        step = 4 * trained + max(4 * trained, tied_sum)
+        if backward >= step:
+            parts["grads"] = head_grad
+        else:
+            parts.update(activations=0, logits=0, bf16_weight_copies=0,
+                         optimizer_step_temporaries=max(4 * trained, tied_sum))
     live = sum(parts.values())
     parts["fragmentation"] = int(FRAGMENTATION * live)
     parts["cuda_context"] = int(CUDA_CONTEXT_BYTES + (NCCL_BYTES if n_gpus > 1 else 0))
