@@ -50,8 +50,11 @@ def largest_fitting_micro_batch(cfg: RunConfig, m: ModelConfig, counts: ModelCou
     """The largest micro batch that divides this rank's batch (micro_batch x grad_accum), so
     grad_accum stays whole and the global batch unchanged, and fits; 0 if none does."""
     per_rank = cfg.train.micro_batch * cfg.train.grad_accum
+    # train.grad_checkpoint=auto switches checkpointing on for a micro batch that needs it
+    options = [False, True] if cfg.train.grad_checkpoint == "auto" and not (counts.stage or {}).get(
+        "checkpointing") else [checkpointing]
     for mb in sorted((k for k in range(1, per_rank + 1) if per_rank % k == 0), reverse=True):
-        if fits(memory_bytes(cfg, m, counts, mb, n_gpus, checkpointing)["total"], gpu):
+        if any(fits(memory_bytes(cfg, m, counts, mb, n_gpus, ck)["total"], gpu) for ck in options):
             return mb
     return 0
 
