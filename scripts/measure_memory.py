@@ -114,11 +114,11 @@ def stage_config(base_dir: Path, base_dtype: str, ckpt: bool, seq: int, micro_ba
                               "train.device=cpu"], cls=CptConfig)
 
 
-def planned(cfg: CptConfig, gpu: str = "4090") -> dict:
-    """The plan's live bytes for cfg as a CPU runs it (its chunked loss)."""
+def planned(cfg: CptConfig, gpu: str = "4090", cpu_loss: bool = True) -> dict:
+    """The plan's live bytes for cfg (cpu_loss: as a CPU runs it, with its chunked loss)."""
     from scripts.plan import estimate
 
-    p = estimate(cfg, gpu, cpu_loss=True)
+    p = estimate(cfg, gpu, cpu_loss=cpu_loss)
     mem = {k: v * GIB for k, v in p["memory_per_gpu_gib"].items()}
     return {"live_gib": live_bytes(mem) / GIB, "peak_gib": p["peak_gib"], "parts_gib": p["memory_per_gpu_gib"]}
 
