@@ -177,3 +177,23 @@ def test_quantize_is_refused_where_it_cannot_apply(bilingual):  # noqa: F811
         load_config(None, ["base.path=x", "base.quantize=nf4", "lora.backend=unsloth"], cls=CptConfig)
     with pytest.raises(UserError, match="full fine-tuning"):
         load_config(None, ["base.path=x", "base.quantize=nf4", "lora.enabled=false"], cls=CptConfig)
+
+
+def test_auto_checkpointing_follows_the_plan_of_the_built_model(llama_bf16, tmp_path, monkeypatch):
+    """train.grad_checkpoint=auto: off on a CPU; on a GPU, on exactly when the plan of the model as built
+    (its real frozen bytes and trainable count) exceeds the card's memory."""
+    from types import SimpleNamespace
+
+    from minimodel.stages.checkpointing import apply_grad_checkpoint, planned_step_bytes
+
+    cfg = load_config(None, [f"base.path={llama_bf16}", "train.grad_checkpoint=auto", "lora.rank=8",
+                             "data.seq_len=64", "train.micro_batch=8"], cls=CptConfig)
+    lm = built_model(llama_bf16, ko_set(llama_bf16, tmp_path), tmp_path / "o", **{"train.dtype": "bf16"})
+    assert "off on a CPU" in apply_grad_checkpoint(cfg, lm, torch.device("cpu"))
+    need = planned_step_bytes(cfg, lm, 1)
+    assert need > sum(p.numel() * p.element_size() for p in lm.parameters())  # weights + states + activations
+    for memory, on in ((need - 1, True), (need + 1, False)):
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda _d, m=memory: SimpleNamespace(total_memory=m))
+        said = apply_grad_checkpoint(cfg, lm, torch.device("cuda"))
+        assert said.startswith(f"activation checkpointing {'on' if on else 'off'} (train.grad_checkpoint=auto: planned")
+        assert lm.core().is_gradient_checkpointing is on
