@@ -146,7 +146,8 @@ def estimate(cfg: RunConfig, gpu_name: str = "4090", n_gpus: int = 1, mfu: float
         "eval_flops_per_gpu": eval_flops_per_gpu, "optimizer_flops_per_gpu": optim_flops_per_gpu,
         "memory_per_gpu_gib": {k: v / GIB for k, v in mem.items()},
         "peak_gib": mem["total"] / GIB, "margin_gib": chosen.memory_gib - mem["total"] / GIB,
-        "grad_checkpoint": ckpt, "fits": row["fits"], "suggestion": suggestion, "hours": row["hours"],
+        "grad_checkpoint": ckpt, "grad_checkpoint_setting": tc.grad_checkpoint, "fits": row["fits"],
+        "suggestion": suggestion, "hours": row["hours"],
         "usd": row["usd"],
         "prices_as_of": PRICES_AS_OF, "gpus": rows,
         "stage": getattr(counts, "stage", None),
@@ -169,6 +170,15 @@ def _usd(x: float) -> str:
     return f"${x:,.2f}" if x < 100 else f"${x:,.0f}"
 
 
+def frozen_as(stage: dict) -> str:
+    """What the frozen base is kept in, and why (the stage's first log line says the same)."""
+    if stage.get("quantize", "none") != "none":
+        return f"{stage['quantize']}: base.quantize"
+    if stage.get("dtype_setting") == "auto":
+        return f"{stage['dtype']}: base.dtype=auto, the checkpoint's own dtype"
+    return f"{stage.get('dtype', 'fp32')}: base.dtype={stage.get('dtype_setting', 'fp32')}"
+
+
 def render(p: dict, config_path: str) -> str:
     mem = p["memory_per_gpu_gib"]
     lines = [
@@ -176,13 +186,16 @@ def render(p: dict, config_path: str) -> str:
         f"  model       {p['params'] / 1e6:.1f}M params ({p['params_hidden'] / 1e6:.1f}M in hidden matrices), "
         f"{'QK-norm' if p['qk_norm'] else 'no QK-norm'}, optimizer {p['optimizer']}, {p['dtype']}",
         *([f"  adapter     {p['stage']['trainable'] / 1e6:.2f}M trainable ({p['stage']['lora'] / 1e6:.2f}M LoRA), "
-            f"{p['stage']['frozen'] / 1e6:.1f}M frozen at {p['stage']['frozen_bytes_per_param']:.2f} bytes/param"]
+            f"{p['stage']['frozen'] / 1e6:.1f}M frozen at {p['stage']['frozen_bytes_per_param']:.2f} bytes/param "
+            f"({frozen_as(p['stage'])}), trainable as fp32 masters with fp32 AdamW states"]
           if p.get("stage") and p["stage"]["frozen"] else []),
         f"  batch       {p['micro_batch']} seqs x {p['seq_len']} tokens x {p['grad_accum']} accum x {p['n_gpus']} GPUs"
         f" = {p['global_batch']:,} seqs = {p['tokens_per_step']:,} tokens/step (global batch)",
         f"  tokens      {p['steps']:,} steps -> {_si(p['total_tokens'])} tokens "
         f"({p['tokens_per_param']:.1f} per param)",
         f"  FLOPs       {_si(p['flops_per_token'], 'FLOP')}/token -> {_si(p['train_flops'], 'FLOP')} to train",
+        *([f"  activation checkpointing {'on' if p['grad_checkpoint'] else 'off'} (train.grad_checkpoint="
+            f"{p['grad_checkpoint_setting']})"] if p.get("stage") else []),
         "  memory/GPU  " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in mem.items() if k != "total" and v)
         + f" -> {mem['total']:.1f} GiB (estimate)",
         "",

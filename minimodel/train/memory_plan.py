@@ -113,6 +113,7 @@ def stage_numbers(cfg, m: ModelConfig, n_params: int, stored: str = "fp32", hf: 
     # unsloth always recomputes each layer in backward; the peft backend when train.grad_checkpoint says so
     checkpointing = cfg.lora.backend == "unsloth" or cfg.train.grad_checkpoint == "true"
     common = {"checkpointing": checkpointing, "hf": hf, "dtype": dtype, "quantize": quantize,
+              "dtype_setting": getattr(base, "dtype", "auto"),
               "rank": cfg.lora.rank if cfg.lora.enabled else 0,
               "targets": list(cfg.lora.target_modules) if cfg.lora.enabled else list(projection_shapes(m))}
     if not cfg.lora.enabled:  # full fine-tuning: every weight is an fp32 master
