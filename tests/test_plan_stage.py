@@ -175,3 +175,26 @@ def test_recipe_mistral7b_plans_the_peft_path_offline(tmp_path):
     plan = json.loads(r.stdout.strip().splitlines()[-1])
     assert plan["config"] == "recipes/configs/cpt_7b.toml" and plan["fits"] and plan["peak_gib"] < 24
     assert not (tmp_path / "data").exists()
+
+
+# published parameter counts of the reference bases (their model cards / safetensors metadata)
+PUBLISHED_PARAMS = {"mistralai/Mistral-7B-v0.3": 7_248_023_552, "meta-llama/Llama-3.2-1B": 1_235_814_400,
+                    "Qwen/Qwen3-0.6B": 596_049_920, "HuggingFaceTB/SmolLM2-360M": 361_821_120,
+                    "HuggingFaceTB/SmolLM2-135M": 134_515_008, "google/gemma-3-270m": 268_098_176}
+
+
+@pytest.mark.parametrize("base", sorted(PUBLISHED_PARAMS))
+def test_carried_reference_shapes_are_the_published_models(base):
+    """The carried config.json builds (on the meta device) the model transformers would load, with its
+    published parameter count; the planner's count of the same shape is within 0.1% (Gemma's extra norms)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from minimodel.models.loading import reference_config
+
+    raw = json.loads(reference_config(base).read_text())
+    with torch.device("meta"):
+        net = AutoModelForCausalLM.from_config(AutoConfig.for_model(**raw))
+    assert sum(p.numel() for p in net.parameters()) == PUBLISHED_PARAMS[base]
+    planned = estimate(load_config(None, [f"base.path={base}"], cls=CptConfig))["params"]
+    assert planned == pytest.approx(PUBLISHED_PARAMS[base], rel=1e-3)
