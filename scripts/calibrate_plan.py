@@ -146,7 +146,8 @@ def render(result: dict) -> str:
 
 
 # (base, layers (None: all), sequence length, micro batch): small enough for one CPU core in minutes
-MEASURED_SHAPES = [("HuggingFaceTB/SmolLM2-135M", None, 512, 2), ("meta-llama/Llama-3.2-1B", None, 256, 1)]
+MEASURED_SHAPES = [("HuggingFaceTB/SmolLM2-135M", None, 512, 2), ("Qwen/Qwen3-0.6B", None, 256, 2),
+                   ("meta-llama/Llama-3.2-1B", None, 256, 1)]
 SETTINGS = [("fp32", False), ("bf16", False), ("bf16", True)]  # the first: the step before base.dtype
 
 
