@@ -98,7 +98,7 @@ def random_base(base_dir: Path, dtype: torch.dtype, device: torch.device):
         for name, mod in fresh.named_modules():
             if hasattr(mod, "inv_freq"):  # to_empty left RoPE's tables as garbage: recompute them
                 owner = net.get_submodule(name)
-                rebuilt = type(mod)(config=mod.config, device=device) if hasattr(mod, "config") else None
+                rebuilt = type(mod)(config=mod.config) if hasattr(mod, "config") else None  # on the CPU: tiny
                 if rebuilt is not None:
                     owner.inv_freq = rebuilt.inv_freq.to(device)
                     owner.original_inv_freq = rebuilt.inv_freq.to(device)
