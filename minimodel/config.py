@@ -147,6 +147,9 @@ class TrainConfig(Section):
     on_nonfinite: str = choice("skip", "stop")  # NaN/inf loss or gradient: skip the update (counted) | stop
     max_consecutive_skips: int = 20     # that many skipped steps in a row stop the run anyway
     spike_sigma: float = 6.0            # log a loss this many running std above its running mean; 0: off
+    # Activation (gradient) checkpointing: keep each block's input, recompute the block in backward.
+    # "auto": on when the memory plan says the step would not fit the GPU (never on a CPU).
+    grad_checkpoint: str = choice("false", "true", "auto")
 
     def check(self) -> None:
         _positive("train", self, "steps", "micro_batch", "grad_accum", "eval_batches", "keep_last")
@@ -177,6 +180,11 @@ DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up
 class BaseConfig(Section):
     path: str = ""                      # a minimodel run directory (its final/), a Hugging Face dir, or a hub id
     trust_remote_code: bool = False     # only for hub architectures that need it, when you trust them
+    # The frozen base's weights: "auto" keeps the checkpoint's own torch_dtype (bf16 for Mistral, Llama,
+    # Qwen, SmolLM; fp32 for a minimodel export), so a 7B costs 14 GB, not 28. Trainable tensors (LoRA
+    # factors, embeddings, lm_head) are fp32 masters whatever this says (minimodel.models.memory).
+    dtype: str = choice("auto", "bf16", "fp32")
+    quantize: str = choice("none", "nf4", "int8")  # a 4-/8-bit frozen base through bitsandbytes (QLoRA)
 
     def check(self) -> None:
         if not self.path:
@@ -209,7 +217,8 @@ class LoraConfig(Section):
         if self.backend == "unsloth" and not self.enabled:
             raise UserError("lora.backend=unsloth needs lora.enabled=true; full fine-tuning runs on the peft backend")
         if self.load_in_4bit and self.backend != "unsloth":
-            raise UserError("lora.load_in_4bit=true needs lora.backend=unsloth (a GPU and bitsandbytes)")
+            raise UserError("lora.load_in_4bit=true needs lora.backend=unsloth (a GPU and bitsandbytes); "
+                            "with the peft backend use base.quantize=nf4")
 
 
 @dataclass
@@ -323,6 +332,16 @@ class StageConfig(Config):
     base: BaseConfig = field(default_factory=BaseConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def check(self) -> None:
+        super().check()
+        q = self.base.quantize
+        if q != "none" and self.lora.backend == "unsloth":
+            raise UserError(f"base.quantize={q} is the peft backend's switch; with lora.backend=unsloth use "
+                            "lora.load_in_4bit=true")
+        if q != "none" and not self.lora.enabled:
+            raise UserError(f"base.quantize={q} freezes the base in {q}: full fine-tuning (lora.enabled=false) "
+                            "cannot train it; set base.quantize=none or lora.enabled=true")
 
 
 @dataclass
@@ -486,6 +505,8 @@ def _section(section: str, obj, values) -> Any:
     for k, v in values.items():
         if k not in types:
             raise UserError(f"unknown config key {section}.{k}; valid keys in [{section}]: {sorted(types)}")
+        if isinstance(v, bool) and choices[k] and "true" in choices[k]:  # TOML true/false for a true|false|auto
+            v = str(v).lower()
         v = _coerce(section, k, v, types[k])
         if choices[k] and v not in choices[k]:
             raise UserError(f"config key {section}.{k} must be one of {choices[k]}, got {v!r}")

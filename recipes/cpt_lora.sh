@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Teach a base Korean by continued pretraining through LoRA (+ embed_tokens/lm_head), with replay.
 #   RECIPE=core bash recipes/cpt_lora.sh        # our 104M core -> Korean Wikipedia, 5% English replay
-#   RECIPE=mistral7b bash recipes/cpt_lora.sh   # the reference: Mistral-7B, unsloth 4-bit, rank 128, 5e-5/1e-5
+#   RECIPE=mistral7b bash recipes/cpt_lora.sh   # the reference: Mistral-7B, 4-bit, rank 128, 5e-5/1e-5: unsloth
+#                                               # where it imports, else peft + bitsandbytes (cpt_7b.toml)
 #   RECIPE=qwen3_0.6b bash recipes/cpt_lora.sh  # a small hub base with its own tokenizer.json; also
 #                                               # smollm2_360m, llama3.2_1b, gemma3_270m (gated ones need hf auth login)
 #   RECIPE=all PLAN=1 bash recipes/cpt_lora.sh  # memory and time of every preset (reads each base's config.json)
 #   REPLAY=0.25 RANK=64 bash recipes/cpt_lora.sh    # the knobs the forgetting report compares
 #   LORA=false bash recipes/cpt_lora.sh             # full fine-tuning at the same token budget (reference arm)
 # Knobs: those of recipes/lib.sh (NPROC NNODES NODE_RANK MASTER_ADDR MASTER_PORT WANDB_RUN DATA_DIR OUT)
-# and RECIPE, BASE, KO_DOCS, EN_DOCS, REPLAY, RANK, LORA, NAME, PLAN. Needs the hub for the data (and base).
+# and RECIPE, BASE, KO_DOCS, EN_DOCS, REPLAY, RANK, LORA, NAME, PLAN, MISTRAL_CONFIG (RECIPE=mistral7b: force
+# recipes/configs/cpt_7b.toml or cpt_7b_unsloth.toml). Needs the hub for the data (and base).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -33,7 +35,11 @@ fi
 HF_ARGS=()
 case "$RECIPE" in
     core) CONFIG=recipes/configs/cpt_core_ko.toml; BASE="${BASE:-$OUT/core_104m}" ;;
-    mistral7b) CONFIG=recipes/configs/cpt_7b_unsloth.toml; BASE="${BASE:-mistralai/Mistral-7B-v0.3}" ;;
+    mistral7b)  # unsloth's kernels where unsloth imports (a GPU); otherwise the peft path (QLoRA, checkpointing)
+        if [ -z "${MISTRAL_CONFIG:-}" ] && "$PY" -c "import unsloth" >/dev/null 2>&1; then
+            MISTRAL_CONFIG=recipes/configs/cpt_7b_unsloth.toml
+        fi
+        CONFIG="${MISTRAL_CONFIG:-recipes/configs/cpt_7b.toml}"; BASE="${BASE:-mistralai/Mistral-7B-v0.3}" ;;
     *)
         [ -n "${HF_BASES[$RECIPE]:-}" ] || {
             echo "error: RECIPE must be core, mistral7b, all (with PLAN=1) or one of: ${!HF_BASES[*]}" >&2; exit 2; }

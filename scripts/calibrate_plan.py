@@ -14,12 +14,22 @@ measured on the *other* runs of that device given here (leave one out): the erro
 how well "time = FLOPs / a steady throughput" carries from one config to another. The memory
 compared is the planner's live bytes (its total without allocator slack and CUDA context)
 against torch.cuda.max_memory_allocated.
+
+    python -m scripts.calibrate_plan --measure [--json]
+
+`--measure` needs no runs: it measures the peak memory of real CPT steps (LoRA r128 on every projection,
+embeddings trained, bf16 autocast, two AdamW steps) at the reference bases' real shapes with random
+weights, on this CPU, one process per case (scripts/measure_memory.py), with the frozen base in fp32
+(before base.dtype) and bf16, checkpointing off and on, and prints the plan's error for each. Minutes
+on one core; the peaks do not depend on the machine's speed.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -135,13 +145,61 @@ def render(result: dict) -> str:
     return "\n".join(lines)
 
 
+# (base, layers (None: all), sequence length, micro batch): small enough for one CPU core in minutes
+MEASURED_SHAPES = [("HuggingFaceTB/SmolLM2-135M", None, 512, 2), ("Qwen/Qwen3-0.6B", None, 256, 2),
+                   ("meta-llama/Llama-3.2-1B", None, 256, 1)]
+SETTINGS = [("fp32", False), ("bf16", False), ("bf16", True)]  # the first: the step before base.dtype
+
+
+def measure_cases(shapes=MEASURED_SHAPES, settings=SETTINGS) -> dict:
+    """Every shape x setting in its own process (its peak is its own), then the table's numbers."""
+    rows = []
+    for base, layers, seq, mb in shapes:
+        for dtype, ckpt in settings:
+            cmd = [sys.executable, "-m", "scripts.measure_memory", base, "--dtype", dtype, "--seq", str(seq),
+                   "--micro-batch", str(mb), *(["--layers", str(layers)] if layers else []),
+                   *(["--grad-checkpoint"] if ckpt else [])]
+            done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+            if done.returncode:
+                raise UserError(f"{' '.join(cmd[2:])} failed: {done.stderr.strip().splitlines()[-1:]}")
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(f"  measured {base} {dtype} ckpt={ckpt}: {rows[-1]['measured_gib']:.3f} GiB", file=sys.stderr)
+    for r in rows:  # the target: a step's peak against the same shape's step before base.dtype (fp32, no ckpt)
+        today = next(o for o in rows if o["base"] == r["base"] and o["base_dtype"] == "fp32"
+                     and not o["grad_checkpoint"])
+        r["vs_fp32_no_ckpt"] = round(r["measured_gib"] / today["measured_gib"], 3)
+    errors = [abs(r["error"]) for r in rows]
+    return {"device": "cpu", "cases": rows, "memory_abs_error_max": max(errors),
+            "memory_abs_error_median": statistics.median(errors)}
+
+
+def render_measured(result: dict) -> str:
+    lines = [f"{'base':<28} {'layers':>6} {'seq x mb':>9} {'base dtype':>10} {'ckpt':>5} {'measured':>9} "
+             f"{'planned':>9} {'error':>6} {'vs fp32':>7}"]
+    for r in result["cases"]:
+        ckpt = "on" if r["grad_checkpoint"] else "off"
+        lines.append(f"{r['base']:<28} {r['layers']:>6} {r['seq']:>5} x {r['micro_batch']:<1} {r['base_dtype']:>10} "
+                     f"{ckpt:>5} {r['measured_gib']:>7.3f} G {r['planned_gib']:>7.3f} G "
+                     f"{r['error']:>+6.1%} {r['vs_fp32_no_ckpt']:>6.2f}x")
+    lines.append(f"planner vs measured peak (live tensor bytes): max |error| {result['memory_abs_error_max']:.1%}, "
+                 f"median {result['memory_abs_error_median']:.1%}")
+    return "\n".join(lines)
+
+
 @cli_entry
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m scripts.calibrate_plan", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run_dirs", nargs="+", help="run directories written by the training stages")
+    ap.add_argument("run_dirs", nargs="*", help="run directories written by the training stages")
+    ap.add_argument("--measure", action="store_true", help="measure CPT steps at the reference shapes on this CPU")
     ap.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.measure:
+        result = measure_cases()
+        print(json.dumps(result) if args.json else render_measured(result), flush=True)
+        return result
+    if not args.run_dirs:
+        raise UserError("give run directories to calibrate against, or --measure")
     result = calibrate([Path(d) for d in args.run_dirs])
     print(json.dumps(result) if args.json else render(result), flush=True)
     return result

@@ -100,10 +100,12 @@ def sections_md(records: list[dict]) -> str:
           cell(r.get("peak_gib")), cell(r.get("first_oom"))] for r in measured(records, "microbatch_24gb")])]
     parts += ["### The 7B LoRA recipe's memory (random Mistral-7B weights, LoRA r=128 + embeddings, AdamW)", table(
         ["run (UTC)", "GPU", "model", "base", "grad ckpt", "seq x micro-batch", "trainable",
-         "held before GiB (weights, optimizer state)", "peak GiB", "s / step"],
+         "held before GiB (weights, optimizer state)", "peak GiB", "planned GiB (error)", "s / step"],
         [[when(r), cell(r["gpu"]), cell(r["model"]), f"{r['backend']}, {r['base_dtype']}", cell(r["grad_ckpt"]),
           f"{r['seq']} x {r['micro_batch']}", f"{r['trainable'] / 1e6:.1f}M", cell(r.get("held_gib")),
-          bold(cell(r.get("peak_gib"))), cell(r.get("step_s"))] for r in measured(records, "lora_7b")])]
+          bold(cell(r.get("peak_gib"))),
+          f"{cell(r.get('planned_gib'))} ({pct(r['plan_error']) if r.get('plan_error') is not None else '–'})",
+          cell(r.get("step_s"))] for r in measured(records, "lora_7b")])]
     parts += ["### 300 steps of the 104M core (recipes/configs/core_104m.toml, seq 1024 x 16)", table(
         ["run (UTC)", "GPU", "data", "steps", "compiled", "train loss first → last", "val loss start → end",
          "epochs", "MFU (logged)", "tok/s", "wall s"],

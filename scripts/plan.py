@@ -21,103 +21,24 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
-
-import torch
 
 from minimodel.common.errors import UserError, cli_entry
 from minimodel.common.io import read_toml
 from minimodel.config import RunConfig, config_class, load_config
 from minimodel.nn.flops import flops_per_token
-from minimodel.nn.model import MiniModel, ModelConfig
-from minimodel.train.optim import split_params
+from minimodel.nn.model import ModelConfig
+from minimodel.train.memory_plan import (  # noqa: F401  (the planner's names, as tests and tools use them)
+    GIB,
+    ModelCounts,
+    activation_bytes_per_token_layer,
+    count_params,
+    live_bytes,
+    memory_bytes,
+)
 from scripts.gpus import GPU, GPUS, PRICES_AS_OF, get_gpu
-from scripts.plan_stage import base_model_config, stage_numbers
+from scripts.plan_stage import base_model_config, base_numbers
 
-GIB = 2 ** 30
-CUDA_CONTEXT_BYTES = 1.0 * GIB      # CUDA context, cuBLAS workspaces, kernels (typically 0.5-1 GiB)
-NCCL_BYTES = 0.5 * GIB              # NCCL communicator buffers when there is more than one GPU
-FRAGMENTATION = 0.10                # caching-allocator slack on top of live tensors
 MUON_NS_STEPS = 5                   # torch.optim.Muon's default Newton-Schulz iterations
-
-
-@dataclass
-class ModelCounts:
-    params: int                       # tied weights counted once (MiniModel.num_params)
-    hidden: int                       # 2-D matrices inside the blocks (Muon's under optim.name=muon)
-    other: int                        # embeddings, lm_head, norms (AdamW's)
-    hidden_shapes: list[tuple[int, int]]
-    stage: dict | None = None         # adapter stages: trainable/frozen counts (scripts/plan_stage.py)
-
-
-def count_params(mcfg: ModelConfig) -> ModelCounts:
-    with torch.device("meta"):  # shapes only: a 7B config costs nothing here
-        model = MiniModel(mcfg)
-    g = split_params(model)
-    hidden = sum(p.numel() for _, p in g.hidden)
-    return ModelCounts(model.num_params(), hidden, model.num_params() - hidden,
-                       [tuple(p.shape) for _, p in g.hidden])
-
-
-def activation_bytes_per_token_layer(m: ModelConfig, act_bytes: int) -> int:
-    """Bytes one decoder layer keeps for backward per token, read off model.py's autograd graph
-    (eager; flash SDPA, which keeps no T x T scores). b = activation bytes: 2 under bf16 autocast,
-    4 in fp32. The residual stream is fp32 (embedding output + adds), so each RMSNorm keeps its
-    fp32 input, its fp32 normalised output and 1/rms. dq = heads x head_dim, dkv = kv_heads x head_dim.
-      two RMSNorms on the residual:        2 x (4d + 4d + 4)
-      q/k/v and gate/up GEMM inputs:       2 x b·d
-      fused q/k/v output (v is a view):    b(dq + 2dkv)
-      q, k after RoPE (SDPA inputs):       b(dq + dkv)
-      SDPA output (= o_proj input) + lse:  b·dq + 4·heads
-      SwiGLU fused gate/up, silu(gate), down input: 4·b·f
-      QK-norm (if on): its fp32 input copy (bf16 only: in fp32 it is a view of the fused output),
-                       the normalised output and 1/rms: (4 + b)(dq + dkv) + 4(heads + kv_heads) under bf16
-    tests/test_plan.py checks this against the tensors autograd actually saves."""
-    d, f, b = m.d_model, m.ffn_dim, act_bytes
-    dq, dkv = m.n_heads * m.head_dim, m.n_kv_heads * m.head_dim
-    n = 2 * (8 * d + 4) + 2 * b * d + b * (dq + 2 * dkv) + b * (dq + dkv) + b * dq + 4 * m.n_heads + 4 * b * f
-    if m.qk_norm:
-        n += (4 if b < 4 else 0) * (dq + dkv) + b * (dq + dkv) + 4 * (m.n_heads + m.n_kv_heads)
-    return n
-
-
-def memory_bytes(cfg: RunConfig, m: ModelConfig, counts: ModelCounts, micro_batch: int, n_gpus: int) -> dict:
-    """Estimated peak bytes per GPU, by component."""
-    bf16 = cfg.train.dtype == "bf16"
-    b = 2 if bf16 else 4
-    tokens = micro_batch * cfg.data.seq_len
-    n = counts.params
-    if cfg.optim.name == "muon":  # one momentum buffer for hidden matrices, AdamW's two for the rest
-        optim = 4 * counts.hidden + 8 * counts.other
-    else:
-        optim = 8 * n
-    weights, trained, cast = 4 * n, n, 2 * n if bf16 else 0
-    stage = getattr(counts, "stage", None)
-    if stage is not None and stage["frozen"]:  # adapter stage: only the trainable tensors carry state
-        trained = stage["trainable"]
-        weights = int(stage["frozen"] * stage["frozen_bytes_per_param"]) + 4 * trained
-        optim = 8 * trained
-        cast = 2 * n if bf16 and stage["frozen_bytes_per_param"] == 4 else 0
-    parts = {
-        "weights": weights,                             # fp32 master weights (a frozen base as loaded)
-        "grads": 4 * trained,                           # fp32
-        "optimizer": optim,                             # fp32 states
-        "bf16_weight_copies": cast,                     # autocast's casts, kept for backward
-        "ddp_buckets": 4 * trained if n_gpus > 1 else 0,  # DDP copies grads into its buckets
-        # layers + the final norm (fp32 input and output, 1/rms) + lm_head's input
-        "activations": tokens * (m.n_layers * activation_bytes_per_token_layer(m, b) + 8 * m.d_model + 4
-                                 + b * m.d_model),
-        # logits (b) + their fp32 copy for the loss (4) + its gradient (4) + the gradient in b
-        "logits": tokens * m.vocab_size * (b + 4 + 4 + b),
-    }
-    if stage is not None and stage.get("checkpointing"):  # layer inputs kept, one layer recomputed
-        parts["activations"] = tokens * (m.n_layers * b * m.d_model + activation_bytes_per_token_layer(m, b)
-                                         + 8 * m.d_model + 4 + b * m.d_model)
-    live = sum(parts.values())
-    parts["fragmentation"] = int(FRAGMENTATION * live)
-    parts["cuda_context"] = int(CUDA_CONTEXT_BYTES + (NCCL_BYTES if n_gpus > 1 else 0))
-    parts["total"] = sum(parts.values())
-    return parts
 
 
 def fits(total_bytes: float, gpu: GPU) -> bool:
@@ -125,14 +46,28 @@ def fits(total_bytes: float, gpu: GPU) -> bool:
 
 
 def largest_fitting_micro_batch(cfg: RunConfig, m: ModelConfig, counts: ModelCounts, n_gpus: int,
-                                gpu: GPU) -> int:
+                                gpu: GPU, checkpointing: bool | None = None) -> int:
     """The largest micro batch that divides this rank's batch (micro_batch x grad_accum), so
     grad_accum stays whole and the global batch unchanged, and fits; 0 if none does."""
     per_rank = cfg.train.micro_batch * cfg.train.grad_accum
+    # train.grad_checkpoint=auto switches checkpointing on for a micro batch that needs it
+    options = [False, True] if cfg.train.grad_checkpoint == "auto" and not (counts.stage or {}).get(
+        "checkpointing") else [checkpointing]
     for mb in sorted((k for k in range(1, per_rank + 1) if per_rank % k == 0), reverse=True):
-        if fits(memory_bytes(cfg, m, counts, mb, n_gpus)["total"], gpu):
+        if any(fits(memory_bytes(cfg, m, counts, mb, n_gpus, ck)["total"], gpu) for ck in options):
             return mb
     return 0
+
+
+def resolve_checkpointing(cfg, m: ModelConfig, counts: ModelCounts, n_gpus: int, gpu: GPU) -> bool:
+    """train.grad_checkpoint as the stage will run it: "auto" is on when the step would not fit `gpu`
+    without it (minimodel.stages.on_base.checkpointing_for asks the same question on the real GPU)."""
+    stage = counts.stage or {}
+    if stage.get("checkpointing") or cfg.train.grad_checkpoint == "true":
+        return True
+    if cfg.train.grad_checkpoint == "auto":
+        return not fits(memory_bytes(cfg, m, counts, cfg.train.micro_batch, n_gpus, False)["total"], gpu)
+    return False
 
 
 def muon_flops_per_step(shapes: list[tuple[int, int]]) -> float:
@@ -146,7 +81,9 @@ def muon_flops_per_step(shapes: list[tuple[int, int]]) -> float:
 
 
 def estimate(cfg: RunConfig, gpu_name: str = "4090", n_gpus: int = 1, mfu: float | None = None,
-             usd_per_gpu_hour: float | None = None) -> dict:
+             usd_per_gpu_hour: float | None = None, cpu_loss: bool = False) -> dict:
+    """The plan of `cfg` on `gpu_name`; cpu_loss: memory as the CPU's chunked loss keeps the logits (the
+    CPU calibration, scripts/calibrate_plan.py --measure)."""
     if n_gpus < 1:
         raise UserError(f"--n {n_gpus}: the number of GPUs must be at least 1")
     if mfu is not None and not 0 < mfu <= 1:
@@ -158,11 +95,13 @@ def estimate(cfg: RunConfig, gpu_name: str = "4090", n_gpus: int = 1, mfu: float
     m = base_model_config(base.path) if base is not None else cfg.model_config()
     counts = count_params(m)
     tc, seq = cfg.train, cfg.data.seq_len
+    if base is not None:
+        counts.stage = base_numbers(cfg, m, counts.params)
+    ckpt = resolve_checkpointing(cfg, m, counts, n_gpus, chosen)
     tokens_per_step = tc.micro_batch * seq * tc.grad_accum * n_gpus
     total_tokens = tc.steps * tokens_per_step
     fpt = flops_per_token(m, counts.params, seq)
     if base is not None:
-        counts.stage = stage_numbers(cfg, m, counts.params)
         attn = 12 * m.n_layers * seq * m.n_heads * m.head_dim
         # forward + activation gradients everywhere (4/6 of 6N), weight gradients only where trained
         fpt = (fpt - attn) * 4 / 6 + 2 * min(counts.stage["trainable"], counts.params) + attn
@@ -172,7 +111,7 @@ def estimate(cfg: RunConfig, gpu_name: str = "4090", n_gpus: int = 1, mfu: float
     muon_on_hidden = cfg.optim.name == "muon" and base is None  # adapter stages: LoRA factors are small
     optim_flops_per_gpu = tc.steps * muon_flops_per_step(counts.hidden_shapes) if muon_on_hidden else 0.0
     flops_per_gpu = train_flops / n_gpus + eval_flops_per_gpu + optim_flops_per_gpu
-    mem = memory_bytes(cfg, m, counts, tc.micro_batch, n_gpus)
+    mem = memory_bytes(cfg, m, counts, tc.micro_batch, n_gpus, ckpt, cpu_loss)
     grad_bytes = 4 * (counts.stage["trainable"] if base is not None else counts.params)
 
     rows = []
@@ -183,9 +122,11 @@ def estimate(cfg: RunConfig, gpu_name: str = "4090", n_gpus: int = 1, mfu: float
         # ring all-reduce of fp32 grads once per optimizer step, counted as not overlapped
         comm_s = tc.steps * 2 * (n_gpus - 1) / n_gpus * grad_bytes / (gpu.allreduce_gbps * 1e9)
         hours = (compute_s + comm_s) / 3600
+        g_ckpt = resolve_checkpointing(cfg, m, counts, n_gpus, gpu)
+        g_mem = memory_bytes(cfg, m, counts, tc.micro_batch, n_gpus, g_ckpt)
         rows.append({"gpu": gpu.name, "peak_tflops": gpu.peak_bf16_flops / 1e12, "mfu": g_mfu,
-                     "memory_gib": gpu.memory_gib, "fits": fits(mem["total"], gpu),
-                     "max_micro_batch": largest_fitting_micro_batch(cfg, m, counts, n_gpus, gpu),
+                     "memory_gib": gpu.memory_gib, "fits": fits(g_mem["total"], gpu),
+                     "max_micro_batch": largest_fitting_micro_batch(cfg, m, counts, n_gpus, gpu, g_ckpt),
                      "compute_hours": compute_s / 3600, "comm_hours": comm_s / 3600, "hours": hours,
                      "usd_per_gpu_hour": price, "usd": hours * n_gpus * price})
     row = next(r for r in rows if r["gpu"] == chosen.name)
@@ -204,7 +145,10 @@ def estimate(cfg: RunConfig, gpu_name: str = "4090", n_gpus: int = 1, mfu: float
         "flops_per_token": fpt, "train_flops": train_flops,
         "eval_flops_per_gpu": eval_flops_per_gpu, "optimizer_flops_per_gpu": optim_flops_per_gpu,
         "memory_per_gpu_gib": {k: v / GIB for k, v in mem.items()},
-        "fits": row["fits"], "suggestion": suggestion, "hours": row["hours"], "usd": row["usd"],
+        "peak_gib": mem["total"] / GIB, "margin_gib": chosen.memory_gib - mem["total"] / GIB,
+        "grad_checkpoint": ckpt, "grad_checkpoint_setting": tc.grad_checkpoint, "fits": row["fits"],
+        "suggestion": suggestion, "hours": row["hours"],
+        "usd": row["usd"],
         "prices_as_of": PRICES_AS_OF, "gpus": rows,
         "stage": getattr(counts, "stage", None),
     }
@@ -226,6 +170,15 @@ def _usd(x: float) -> str:
     return f"${x:,.2f}" if x < 100 else f"${x:,.0f}"
 
 
+def frozen_as(stage: dict) -> str:
+    """What the frozen base is kept in, and why (the stage's first log line says the same)."""
+    if stage.get("quantize", "none") != "none":
+        return f"{stage['quantize']}: base.quantize"
+    if stage.get("dtype_setting") == "auto":
+        return f"{stage['dtype']}: base.dtype=auto, the checkpoint's own dtype"
+    return f"{stage.get('dtype', 'fp32')}: base.dtype={stage.get('dtype_setting', 'fp32')}"
+
+
 def render(p: dict, config_path: str) -> str:
     mem = p["memory_per_gpu_gib"]
     lines = [
@@ -233,13 +186,16 @@ def render(p: dict, config_path: str) -> str:
         f"  model       {p['params'] / 1e6:.1f}M params ({p['params_hidden'] / 1e6:.1f}M in hidden matrices), "
         f"{'QK-norm' if p['qk_norm'] else 'no QK-norm'}, optimizer {p['optimizer']}, {p['dtype']}",
         *([f"  adapter     {p['stage']['trainable'] / 1e6:.2f}M trainable ({p['stage']['lora'] / 1e6:.2f}M LoRA), "
-            f"{p['stage']['frozen'] / 1e6:.1f}M frozen at {p['stage']['frozen_bytes_per_param']:.2f} bytes/param"]
+            f"{p['stage']['frozen'] / 1e6:.1f}M frozen at {p['stage']['frozen_bytes_per_param']:.2f} bytes/param "
+            f"({frozen_as(p['stage'])}), trainable as fp32 masters with fp32 AdamW states"]
           if p.get("stage") and p["stage"]["frozen"] else []),
         f"  batch       {p['micro_batch']} seqs x {p['seq_len']} tokens x {p['grad_accum']} accum x {p['n_gpus']} GPUs"
         f" = {p['global_batch']:,} seqs = {p['tokens_per_step']:,} tokens/step (global batch)",
         f"  tokens      {p['steps']:,} steps -> {_si(p['total_tokens'])} tokens "
         f"({p['tokens_per_param']:.1f} per param)",
         f"  FLOPs       {_si(p['flops_per_token'], 'FLOP')}/token -> {_si(p['train_flops'], 'FLOP')} to train",
+        *([f"  activation checkpointing {'on' if p['grad_checkpoint'] else 'off'} (train.grad_checkpoint="
+            f"{p['grad_checkpoint_setting']})"] if p.get("stage") else []),
         "  memory/GPU  " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in mem.items() if k != "total" and v)
         + f" -> {mem['total']:.1f} GiB (estimate)",
         "",

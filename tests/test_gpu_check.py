@@ -48,6 +48,7 @@ def test_cpu_dry_run_with_only_the_gpu_machines_packages(tmp_path):
     lora = [x for x in by["lora_7b"] if "skipped" not in x]
     assert [(x["grad_ckpt"], x["micro_batch"]) for x in lora] == [(True, 1), (True, 2), (False, 1)]
     assert all(0 < x["loss"] < 10 and x["trainable"] < x["params"] for x in lora)
+    assert all(x["peak_gib"] > 0 and x["planned_gib"] > 0 for x in lora)  # built by the stage code, planned
     assert "bitsandbytes" in [x for x in by["lora_7b"] if "skipped" in x][0]["skipped"]
     pre = by["pretrain_300"][0]
     assert pre["last_loss"] < pre["first_loss"] and pre["val_loss_end"] < pre["val_loss_start"] and pre["exported"]

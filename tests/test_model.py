@@ -65,6 +65,48 @@ def test_kv_cache_generation_matches_full_recompute():
     assert torch.equal(out, ref)
 
 
+class ConcatCache:
+    """The cache generate used before preallocation: every step concatenates onto the past."""
+
+    def __init__(self, max_len):
+        self.length, self.k, self.v = 0, None, None
+
+    def append(self, k, v):
+        self.k = k if self.k is None else torch.cat((self.k, k), dim=2)
+        self.v = v if self.v is None else torch.cat((self.v, v), dim=2)
+        self.length = self.k.shape[2]
+        return self.k, self.v
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_preallocated_cache_samples_what_concatenation_sampled(monkeypatch, dtype):
+    """Same seed, same samples, bit for bit: the preallocated cache changes where keys live, not what
+    attention computes (a 26m-shaped layer, batch 8, temperature 1 and nucleus sampling)."""
+    import minimodel.nn.generate as gen_module
+
+    torch.manual_seed(0)
+    m = MiniModel(model_config_from("26m", n_layers=2, max_seq_len=96)).eval().to(dtype)
+    prompt = torch.randint(0, 6400, (8, 9))
+
+    def draw():
+        return generate(m, prompt, 80, temperature=1.0, top_p=0.95, generator=torch.Generator().manual_seed(3))
+
+    new = draw()
+    monkeypatch.setattr(gen_module, "KVCache", ConcatCache)
+    old = draw()
+    assert new.shape == (8, 89) and torch.equal(new, old)
+    assert len({tuple(r) for r in new[:, 9:].tolist()}) == 8  # really sampled: every row differs
+
+
+def test_kv_cache_refuses_more_positions_than_allocated():
+    from minimodel.nn.model import KVCache
+
+    cache = KVCache(4)
+    cache.append(torch.zeros(1, 2, 3, 8), torch.zeros(1, 2, 3, 8))
+    with pytest.raises(ValueError, match="KV cache of 4 positions cannot take 5"):
+        cache.append(torch.zeros(1, 2, 2, 8), torch.zeros(1, 2, 2, 8))
+
+
 def test_sampling_is_seeded_and_respects_top_k():
     torch.manual_seed(0)
     m = MiniModel(model_config_from("tiny")).eval()

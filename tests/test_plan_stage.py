@@ -132,3 +132,69 @@ def test_a_base_that_is_not_there_is_named_at_once(tmp_path, monkeypatch):
         r = subprocess.run(["bash", str(ROOT / "recipes" / recipe)], env={**env, **extra}, cwd=ROOT,
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 2 and r.stderr.startswith(f"error: base not found locally: {named} ("), r.stderr
+
+
+REFERENCE_BASES = ["mistralai/Mistral-7B-v0.3", "meta-llama/Llama-3.2-1B", "Qwen/Qwen3-0.6B",
+                   "HuggingFaceTB/SmolLM2-360M", "google/gemma-3-270m"]
+
+
+@pytest.mark.parametrize("base", REFERENCE_BASES)
+def test_reference_bases_plan_offline_with_peak_and_fits(base, monkeypatch, capsys):
+    """The kit carries the reference bases' config.json: `scripts.plan CONFIG --gpu 4090 --json` works with the
+    hub offline, and base.dtype=auto plans their frozen weights in bf16 (their checkpoints' dtype)."""
+    from scripts.plan import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    main([str(ROOT / "recipes" / "configs" / "cpt_hf_base.toml"), f"base.path={base}", "--gpu", "4090", "--json"])
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["stage"]["frozen_bytes_per_param"] == 2.0 and isinstance(plan["fits"], bool)
+    assert 0 < plan["peak_gib"] == pytest.approx(plan["memory_per_gpu_gib"]["total"])
+    fp32 = estimate(load_config(ROOT / "recipes" / "configs" / "cpt_hf_base.toml",
+                                [f"base.path={base}", "base.dtype=fp32"], cls=CptConfig))
+    assert fp32["memory_per_gpu_gib"]["weights"] > plan["memory_per_gpu_gib"]["weights"]
+
+
+def test_the_7b_recipe_fits_24gb_in_nf4_with_checkpointing_and_not_in_bf16(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg_path = ROOT / "recipes" / "configs" / "cpt_7b.toml"
+    nf4 = estimate(load_config(cfg_path, cls=CptConfig), "4090")
+    assert nf4["fits"] and nf4["grad_checkpoint"] and 3 < nf4["margin_gib"] < 10  # auto switched it on
+    assert 7.0e9 < nf4["params"] < 7.4e9 and nf4["stage"]["trainable"] == pytest.approx(604e6, rel=0.01)
+    bf16 = estimate(load_config(cfg_path, ["base.quantize=none"], cls=CptConfig), "4090")
+    assert not bf16["fits"] and bf16["grad_checkpoint"] and bf16["peak_gib"] > 24
+    off = estimate(load_config(cfg_path, ["train.grad_checkpoint=false"], cls=CptConfig), "4090")
+    assert not off["fits"] and off["memory_per_gpu_gib"]["activations"] > 10
+
+
+def test_recipe_mistral7b_plans_the_peft_path_offline(tmp_path):
+    env = {**os.environ, "PLAN": "1", "PY": sys.executable, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
+           "RECIPE": "mistral7b", "PLAN_ARGS": "--json", "MISTRAL_CONFIG": "recipes/configs/cpt_7b.toml",
+           "DATA_DIR": str(tmp_path / "data"), "OUT": str(tmp_path / "out")}
+    r = subprocess.run(["bash", "recipes/cpt_lora.sh"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout.strip().splitlines()[-1])
+    assert plan["config"] == "recipes/configs/cpt_7b.toml" and plan["fits"] and plan["peak_gib"] < 24
+    assert not (tmp_path / "data").exists()
+
+
+# published parameter counts of the reference bases (their model cards / safetensors metadata)
+PUBLISHED_PARAMS = {"mistralai/Mistral-7B-v0.3": 7_248_023_552, "meta-llama/Llama-3.2-1B": 1_235_814_400,
+                    "Qwen/Qwen3-0.6B": 596_049_920, "HuggingFaceTB/SmolLM2-360M": 361_821_120,
+                    "HuggingFaceTB/SmolLM2-135M": 134_515_008, "google/gemma-3-270m": 268_098_176}
+
+
+@pytest.mark.parametrize("base", sorted(PUBLISHED_PARAMS))
+def test_carried_reference_shapes_are_the_published_models(base):
+    """The carried config.json builds (on the meta device) the model transformers would load, with its
+    published parameter count; the planner's count of the same shape is within 0.1% (Gemma's extra norms)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from minimodel.models.loading import reference_config
+
+    raw = json.loads(reference_config(base).read_text())
+    with torch.device("meta"):
+        net = AutoModelForCausalLM.from_config(AutoConfig.for_model(**raw))
+    assert sum(p.numel() for p in net.parameters()) == PUBLISHED_PARAMS[base]
+    planned = estimate(load_config(None, [f"base.path={base}"], cls=CptConfig))["params"]
+    assert planned == pytest.approx(PUBLISHED_PARAMS[base], rel=1e-3)

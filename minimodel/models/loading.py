@@ -33,6 +33,7 @@ from minimodel.models.gguf import gguf_to_hf
 from minimodel.models.hf_convert import native_from_hf
 from minimodel.models.lora import adapter_meta, restore_adapter
 from minimodel.models.lora import merge as merge_adapter
+from minimodel.models.memory import CHECKPOINT_DTYPES, cast_frozen, quantization_config
 from minimodel.nn.model import MiniModel, ModelConfig
 from minimodel.nn.weights import load_model_weights
 from minimodel.tokenizers.tokenizer import tokenizer_in
@@ -107,15 +108,20 @@ def adapter_base(adapter_dir: Path, run_dir: Path | None = None) -> str:
 
 def load(spec: str | Path | Source, adapter: str | Path | None = None, *, trust_remote_code: bool = False,
          merge: bool = True, native: bool = False, backend: str = "transformers", max_seq_len: int = 2048,
-         load_in_4bit: bool = False, dtype: torch.dtype = torch.float32) -> CausalLM:
+         load_in_4bit: bool = False, dtype: torch.dtype = torch.float32, quantize: str = "none") -> CausalLM:
     """The model `spec` names, on the CPU (callers move it), with its tokenizer.
 
     merge: an adapter is folded into its base (evaluation, export); False keeps the peft model.
     native: a Llama/Mistral/Qwen3-shaped Hugging Face checkpoint as a MiniModel (same logits).
-    backend="unsloth": a Hugging Face base through unsloth's FastLanguageModel (GPU; 4-bit optional)."""
+    backend="unsloth": a Hugging Face base through unsloth's FastLanguageModel (GPU; 4-bit optional).
+    dtype: the parameters' dtype (a stage's frozen base: minimodel.models.memory.base_dtype).
+    quantize: "nf4" | "int8" loads a Hugging Face base through bitsandbytes, on the current CUDA device."""
     src = spec if isinstance(spec, Source) else resolve(spec, adapter)
     if src.kind == "adapter":
         return _load_adapter(src, trust_remote_code, merge)
+    if quantize != "none" and (native or backend != "transformers" or src.kind != "hf"):
+        raise UserError(f"base.quantize={quantize} needs a Hugging Face base loaded by transformers (through "
+                        f"bitsandbytes); {src.spec} is a minimodel model: set base.quantize=none")
     tokenizer = tokenizer_in(src.path)
     if src.kind == "checkpoint":
         net = _checkpoint_model(src)
@@ -128,7 +134,14 @@ def load(spec: str | Path | Source, adapter: str | Path | None = None, *, trust_
     elif backend == "unsloth":
         net = _unsloth_model(src, max_seq_len, load_in_4bit, trust_remote_code)
     else:
-        net = load_hf_causal_lm(src.path, dtype=dtype, trust_remote_code=trust_remote_code)
+        quant = {}
+        if quantize != "none":
+            quant = {"quantization_config": quantization_config(quantize)}
+            if torch.cuda.is_available():  # bitsandbytes quantises as the weights land on the GPU
+                quant["device_map"] = {"": torch.cuda.current_device()}
+        net = load_hf_causal_lm(src.path, dtype=dtype, trust_remote_code=trust_remote_code, **quant)
+    if isinstance(net, MiniModel):
+        cast_frozen(net, dtype)
     kind = "native" if isinstance(net, MiniModel) else "hf"
     config = net.config if kind == "native" else shape_of_hf_config(net.config)
     if tokenizer is not None:
@@ -187,9 +200,43 @@ def _unsloth_model(src: Source, max_seq_len: int, load_in_4bit: bool, trust_remo
     return model
 
 
+REFERENCE_CONFIGS = Path(__file__).resolve().parent / "reference_configs"
+
+
+def reference_config(spec: str | Path) -> Path | None:
+    """The config.json the kit carries for a reference base (a hub id such as mistralai/Mistral-7B-v0.3),
+    so the planner works offline for the recipes' bases; None for any other spec."""
+    path = REFERENCE_CONFIGS / (str(spec).replace("/", "__") + ".json")
+    return path if is_hub_id(spec) and not Path(spec).exists() and path.is_file() else None
+
+
 def model_shape(spec: str | Path) -> ModelConfig:
     """The shape of the model `spec` names, without reading its weights (what the planner needs);
-    a hub id costs its config.json only."""
+    a hub id costs its config.json only (none for the reference bases the kit carries)."""
+    raw = hf_config_json(spec)
+    if raw is not None:
+        return shape_of_hf_config(SimpleNamespace(**raw))
+    src = resolve(spec)
+    src = src.base if src.kind == "adapter" else src
+    if src.kind == "native":
+        return read_native_config(src.path / NATIVE_CONFIG)
+    return read_run_config(src.run_dir).config.model_config()
+
+
+def stored_dtype(spec: str | Path) -> str:
+    """"bf16" or "fp32": what base.dtype=auto keeps the frozen base in (minimodel.models.memory.base_dtype)."""
+    raw = hf_config_json(spec)
+    if raw is None:
+        return "fp32"
+    stored = str(raw.get("dtype") or raw.get("torch_dtype") or "float32").removeprefix("torch.")
+    return CHECKPOINT_DTYPES.get(stored, "fp32")
+
+
+def hf_config_json(spec: str | Path) -> dict | None:
+    """The config.json of a Hugging Face base (a carried reference, a hub id, a directory), without its
+    weights; None for a minimodel model (native export, checkpoint, an adapter on one)."""
+    if (ref := reference_config(spec)) is not None:
+        return read_json_object(ref, "reinstall minimodel")
     if is_hub_id(spec):
 
         from httpx import HTTPError  # the hub client's transport: only on paths that may reach the hub
@@ -217,14 +264,12 @@ def model_shape(spec: str | Path) -> ModelConfig:
                                 "or fetch it once online") from None
             raise UserError(f"base {str(spec)!r}: cannot read its config.json from the hub ({type(e).__name__}): "
                             "point base.path at a local directory") from None
-        return shape_of_hf_config(SimpleNamespace(**read_json_object(config, "download the model again")))
+        return read_json_object(config, "download the model again")
     src = resolve(spec)
     src = src.base if src.kind == "adapter" else src
-    if src.kind == "native":
-        return read_native_config(src.path / NATIVE_CONFIG)
-    if src.kind == "checkpoint":
-        return read_run_config(src.run_dir).config.model_config()
-    return shape_of_hf_config(SimpleNamespace(**read_json_object(src.path / "config.json", "copy config.json again")))
+    if src.kind != "hf":
+        return None
+    return read_json_object(src.path / "config.json", "copy config.json again")
 
 
 def read_native_config(path: Path) -> ModelConfig:

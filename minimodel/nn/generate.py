@@ -1,9 +1,10 @@
-"""Sampling with a KV cache: greedy, temperature, top-k and top-p (nucleus)."""
+"""Sampling with a preallocated KV cache (minimodel.nn.model.KVCache): greedy, temperature, top-k and
+top-p (nucleus)."""
 from __future__ import annotations
 
 import torch
 
-from minimodel.nn.model import MiniModel
+from minimodel.nn.model import KVCache, MiniModel
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -44,7 +45,7 @@ def generate(model: MiniModel, prompt: torch.Tensor, max_new_tokens: int, temper
     if prompt.shape[1] + max_new_tokens > limit:
         raise ValueError(f"prompt ({prompt.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds "
                          f"max_seq_len={limit}")
-    caches = [[] for _ in model.model.layers]
+    caches = [KVCache(prompt.shape[1] + max_new_tokens) for _ in model.model.layers]
     logits = model(prompt, caches=caches, start_pos=0)[:, -1]
     out, pos = prompt, prompt.shape[1]
     done = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
+from torch.utils.checkpoint import checkpoint
 
 from minimodel.nn.loss import cross_entropy
 
@@ -107,6 +108,31 @@ def fused_linear(x: torch.Tensor, projections: tuple[nn.Linear, ...]) -> tuple[t
     return F.linear(x, weight).split([p.out_features for p in projections], dim=-1)
 
 
+class KVCache:
+    """One layer's keys and values during generation, allocated once for the whole sequence (on the first
+    write, in the keys' dtype): each step writes its positions in place and attention reads a view of the
+    filled prefix. Concatenating instead copies the whole cache at every step (quadratic in length)."""
+
+    def __init__(self, max_len: int):
+        self.max_len, self.length = max_len, 0
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """k, v: (B, kv_heads, T, head_dim) of the next T positions; the keys and values of all so far."""
+        end = self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache of {self.max_len} positions cannot take {end}")
+        if self.k is None:
+            shape = (k.shape[0], k.shape[1], self.max_len, k.shape[3])
+            self.k = k.new_empty(shape)
+            self.v = v.new_empty(shape)
+        self.k[:, :, self.length:end] = k
+        self.v[:, :, self.length:end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -122,7 +148,7 @@ class Attention(nn.Module):
         self.record_max_logit = False  # diagnostics: the largest pre-softmax logit
         self.max_logit: float | None = None
 
-    def forward(self, x, cos, sin, cache: list | None = None):
+    def forward(self, x, cos, sin, cache: KVCache | None = None):
         T = x.shape[1]
         q, k, v = fused_linear(x, (self.q_proj, self.k_proj, self.v_proj))
         # split heads (views, no copy); QK-norm per head over head_dim, before RoPE, as Qwen3, and in the
@@ -135,11 +161,9 @@ class Attention(nn.Module):
         v = rearrange(v, "b t (h d) -> b h t d", h=self.n_kv_heads)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         past = 0
-        if cache is not None:  # [k, v] of earlier positions, extended in place
-            if cache:
-                past = cache[0].shape[2]
-                k, v = torch.cat((cache[0], k), dim=2), torch.cat((cache[1], v), dim=2)
-            cache[:] = [k, v]
+        if cache is not None:  # a KVCache: earlier positions' keys and values, this chunk's written after them
+            past = cache.length
+            k, v = cache.append(k, v)
         if self.record_max_logit:
             self._record_logits(q, k, past)
         if past and T > 1:  # a chunk after a prefix: causal within the chunk, all of the prefix
@@ -201,6 +225,9 @@ class MiniModel(nn.Module):
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+        # activation checkpointing (train.grad_checkpoint): each block keeps only its input and runs
+        # again in backward; same loss and gradients, activations of one block instead of all
+        self.grad_checkpoint = False
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -223,15 +250,19 @@ class MiniModel(nn.Module):
         return n
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
-                caches: list | None = None, start_pos: int = 0, reduction: str = "mean"):
+                caches: list[KVCache] | None = None, start_pos: int = 0, reduction: str = "mean"):
         """Logits (B, T, V), or the cross-entropy loss when `targets` is given
         (targets == -100 are ignored)."""
         T = input_ids.shape[1]
         x = self.model.embed_tokens(input_ids)
         positions = torch.arange(start_pos, start_pos + T, device=input_ids.device)
         cos, sin = self.model.rotary_emb(positions)
+        recompute = self.grad_checkpoint and caches is None and torch.is_grad_enabled()
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, None if caches is None else caches[i])
+            if recompute:
+                x = checkpoint(layer, x, cos, sin, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, None if caches is None else caches[i])
         logits = self.lm_head(self.model.norm(x))
         if targets is None:
             return logits

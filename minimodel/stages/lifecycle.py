@@ -24,6 +24,7 @@ from minimodel.common.errors import cli_entry
 from minimodel.common.io import write_text
 from minimodel.config import dump_toml, load_config
 from minimodel.data.stage_data import StageData
+from minimodel.stages.checkpointing import apply_grad_checkpoint
 from minimodel.train.optim import build_optimizers
 from minimodel.train.rundir import RunDir, check_same_run, command_line, device_description, git_commit
 from minimodel.train.stopping import StopSignals, exit_status
@@ -88,6 +89,7 @@ def run_stage(stage: Stage, cfg, exits_after: bool = False) -> dict:
         torch.manual_seed(cfg.train.seed)  # identical init (model, LoRA factors) on every rank
         built = stage.model(cfg, data, dist)
         model = built.model.to(dist.device)
+        built.summary += ", " + apply_grad_checkpoint(cfg, model, dist.device, dist.world_size)
         vocab = model.config.vocab_size
         for windows in data.all_sets():
             windows.check_vocab(vocab, built.vocab_fix)

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Callable
 
+import torch
 import torch.nn as nn
 
 from minimodel.common.errors import UserError
@@ -17,18 +18,33 @@ from minimodel.data.format import read_manifest
 from minimodel.data.stage_data import StageData
 from minimodel.models.causal_lm import CausalLM
 from minimodel.models.export import copy_tokenizer_files, export_model
-from minimodel.models.loading import load
+from minimodel.models.loading import load, resolve
 from minimodel.models.lora import TrainableView, apply_lora, apply_unsloth_lora, full_finetune, merge, save_adapter
+from minimodel.models.memory import base_dtype, fp32_masters, prepare_quantized
 from minimodel.models.vocab_resize import resize_vocab
 from minimodel.stages.lifecycle import Built
 from minimodel.tokenizers.tokenizer import Tokenizer, copy_tokenizer, open_tokenizer, tokenizer_relation
 
 
 def load_base(cfg: StageConfig) -> CausalLM:
-    """The stage's base (base.path) as trained, on the CPU."""
-    return load(cfg.base.path, trust_remote_code=cfg.base.trust_remote_code,
-                backend="unsloth" if cfg.lora.backend == "unsloth" else "transformers",
-                max_seq_len=cfg.data.seq_len, load_in_4bit=cfg.lora.load_in_4bit)
+    """The stage's base (base.path) as trained, on the CPU (a quantised one on the GPU), its frozen weights
+    in base.dtype; `lm.precision` says what was chosen and why (the run's first log line repeats it)."""
+    src = resolve(cfg.base.path)
+    dtype, why = base_dtype(cfg.base.dtype, src.kind, src.path)
+    if cfg.base.quantize != "none":
+        dtype, why = torch.bfloat16, f"base.quantize={cfg.base.quantize} (bf16 compute, bf16 norms until prepared)"
+    lm = load(src, trust_remote_code=cfg.base.trust_remote_code,
+              backend="unsloth" if cfg.lora.backend == "unsloth" else "transformers",
+              max_seq_len=cfg.data.seq_len, load_in_4bit=cfg.lora.load_in_4bit, dtype=dtype,
+              quantize=cfg.base.quantize)
+    if cfg.lora.backend == "unsloth":  # unsloth picks its own dtype (bf16 where the GPU has it, or 4-bit)
+        why = "lora.backend=unsloth chooses (bf16, or 4-bit with lora.load_in_4bit)"
+    lm.precision = f"{cfg.base.quantize if cfg.base.quantize != 'none' else str(dtype).removeprefix('torch.')}" \
+                   f" frozen base ({why})"
+    if dtype != torch.float32 and cfg.train.dtype == "fp32" and cfg.lora.backend == "peft":
+        raise UserError(f"the base's frozen weights are {str(dtype).removeprefix('torch.')} ({why}) but "
+                        "train.dtype=fp32 runs without autocast; set train.dtype=bf16, or base.dtype=fp32")
+    return lm
 
 
 def adapt(cfg: StageConfig, lm: CausalLM, data: StageData, stage: str,
@@ -48,20 +64,15 @@ def adapt(cfg: StageConfig, lm: CausalLM, data: StageData, stage: str,
         resized = resize_vocab(lm.core(), base_tokenizer, data.tokenizer)
         lm.refresh_config()
         info.update({f"vocab_{k}": v for k, v in resized.items()})
-    if not lc.enabled:
-        full_finetune(lm)
-    elif lc.backend == "unsloth":
-        apply_unsloth_lora(lm, lc, cfg.train.seed)
-    else:
-        pattern = rank_plan(lm) if rank_plan is not None else None
-        apply_lora(lm, lc.rank, lc.alpha, lc.dropout, lc.target_modules, lc.rslora, lc.train_embeddings, pattern)
+    make_trainable(cfg, lm, rank_plan(lm) if rank_plan is not None else None)
     view = TrainableView(lm)
     info["trainable_params"] = sum(p.numel() for p in view.parameters())
     info["params"] = lm.num_params()
     embed_lr = cfg.optim.lr * lc.embedding_lr_mult
     how = f"LoRA r={lc.rank} ({lc.backend})" if lc.enabled else "full fine-tuning"
     summary = (f"{stage}: base {cfg.base.path} ({lm.kind}, {info['params'] / 1e6:.2f}M params, "
-               f"tokenizer {info['tokenizer']}), {how}, {info['trainable_params'] / 1e6:.3f}M trainable, "
+               f"tokenizer {info['tokenizer']}), {getattr(lm, 'precision', 'fp32 frozen base')}, {how}, "
+               f"{info['trainable_params'] / 1e6:.3f}M trainable (fp32), "
                f"lr {cfg.optim.lr:g} / embeddings {embed_lr:g}, {cfg.train.steps} steps")
 
     def finish(run_dir: Path) -> dict:
@@ -82,6 +93,25 @@ def adapt(cfg: StageConfig, lm: CausalLM, data: StageData, stage: str,
     return Built(lm, view, info, summary, finish, embed_lr=embed_lr,
                  vocab_fix="the data and the base disagree on the tokenizer",
                  max_start_loss=math.log(lm.config.vocab_size) + 1.0)
+
+
+def make_trainable(cfg: StageConfig, lm: CausalLM, rank_pattern: dict | None = None) -> CausalLM:
+    """LoRA (peft, on a prepared quantised base too, or unsloth) or full fine-tuning, in place; whatever
+    trains becomes an fp32 master (LoRA factors, embeddings, lm_head; everything under full fine-tuning).
+    The GPU check and the memory calibration build their models through this too. `rank_pattern`: peft's
+    per-module ranks (plasticity.surprise_rank)."""
+    lc = cfg.lora
+    if not lc.enabled:
+        full_finetune(lm)
+    elif lc.backend == "unsloth":
+        apply_unsloth_lora(lm, lc, cfg.train.seed)
+    else:
+        if cfg.base.quantize != "none":
+            lm.net = prepare_quantized(lm.net)
+        apply_lora(lm, lc.rank, lc.alpha, lc.dropout, lc.target_modules, lc.rslora, lc.train_embeddings,
+                   rank_pattern)
+    fp32_masters(lm)
+    return lm
 
 
 def check_same_tokenizer(data_dir: Path, other: Path, what: str) -> None:
