@@ -11,7 +11,9 @@
 #   PLAN=1 bash recipes/continual.sh           # what would run
 # Arms (ARMS): none | real<P> (a mixture of every earlier language's real text, P% of windows) |
 #   gen (generated replay + distillation at GEN_RATIO / KL, the sweep's choice) | gen<P>_kl<K> |
-#   anchor (the Fisher anchor on generated replay at GEN_RATIO, weight ANCHOR).
+#   anchor (the Fisher anchor on generated replay at GEN_RATIO, weight ANCHOR) | a [plasticity] mechanism on
+#   one of those: metaplastic[<S>]_<arm> (strength S, default META), surprise_rank_<arm>, split_lora_<arm>
+#   (e.g. metaplastic1_real25: real25's replay, metaplasticity at strength 1; docs/continual.md).
 # Knobs: OUT (runs/continual), LANGS (en,ko,ru,de), SEEDS ("0 1"), ARMS, STEPS (new-language steps per
 #   stage; a replay arm at ratio r runs STEPS / (1 - r)), BASE, CONFIG, DATA (data/continual), CTX,
 #   GEN_RATIO, KL, ANCHOR, DREAM_SHARE (share of the replay tokens a generated arm reads that the base
@@ -74,9 +76,9 @@ arm_settings() {  # NAME -> "source ratio distill anchor plasticity-overrides" (
     case "$a" in  # a mechanism arm: MECHANISM_BASELINE, the baseline arm's replay plus the [plasticity] switch
         metaplastic*_*) mech="${a%%_*}"; local k="${mech#metaplastic}"; k="${k:-$META}"
             [[ "$k" =~ ^[0-9.]+$ ]] || { unknown_arm "$a"; return 2; }
-            with_mechanism "${a#*_}" "plasticity.metaplastic=$k"; return ;;
-        surprise_rank_*) with_mechanism "${a#surprise_rank_}" "plasticity.surprise_rank=true"; return ;;
-        split_lora_*) with_mechanism "${a#split_lora_}" "plasticity.split_lora=true"; return ;;
+            with_mechanism "$a" "${a#*_}" "plasticity.metaplastic=$k"; return ;;
+        surprise_rank_*) with_mechanism "$a" "${a#surprise_rank_}" "plasticity.surprise_rank=true"; return ;;
+        split_lora_*) with_mechanism "$a" "${a#split_lora_}" "plasticity.split_lora=true"; return ;;
     esac
     case "$a" in
         none) echo "data 0 0 0 -" ;;
@@ -90,12 +92,11 @@ arm_settings() {  # NAME -> "source ratio distill anchor plasticity-overrides" (
         *) unknown_arm "$a"; return 2 ;;
     esac
 }
-with_mechanism() {  # BASELINE OVERRIDE: the baseline arm's settings with a [plasticity] switch on
+with_mechanism() {  # ARM BASELINE OVERRIDE: the baseline arm's settings with one [plasticity] switch on
     local base
-    base="$(arm_settings "$1")" || return 2
-    case "$1" in metaplastic*|surprise_rank_*|split_lora_*) unknown_arm "$1"; return 2 ;; esac
-    [ "$(echo "$base" | cut -d' ' -f5)" = - ] || { unknown_arm "$1"; return 2; }
-    echo "${base% -} $2"
+    case "$2" in metaplastic*|surprise_rank_*|split_lora_*) unknown_arm "$1"; return 2 ;; esac
+    base="$(arm_settings "$2" 2> /dev/null)" || { unknown_arm "$1"; return 2; }
+    echo "${base% -} $3"
 }
 unknown_arm() {
     echo "error: unknown arm '$1'; arms are none, real<P> (e.g. real25), gen, gen<P>_kl<K> (e.g. gen50_kl10), anchor," \

@@ -288,7 +288,7 @@ def error_lines(r: subprocess.CompletedProcess) -> list[str]:
 @pytest.mark.parametrize("extra, match", [
     ({"LANGS": "en,xx"}, "language 'xx' has no offline text"),
     ({"ARMS": "none bogus"}, "unknown arm 'bogus'"),
-    ({"ARMS": "metaplastic_bogus"}, "unknown arm 'bogus'"),
+    ({"ARMS": "metaplastic_bogus"}, "unknown arm 'metaplastic_bogus'"),
     ({"ARMS": "split_lora_split_lora_real25"}, "unknown arm 'split_lora_split_lora_real25'"),
     ({"BASE": "/nonexistent/core"}, "base /nonexistent/core not found"),
 ])
