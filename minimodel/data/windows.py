@@ -66,10 +66,23 @@ class TokenShards:
         self.cum_windows = np.concatenate([[0], np.cumsum(windows)]).astype(np.int64)
         self.n_windows = int(self.cum_windows[-1])
         if self.n_windows == 0:
-            raise UserError(f"split {split!r} of {self.data_dir} has fewer than seq_len+1={seq_len + 1} "
-                            "tokens in every shard; lower data.seq_len or add data")
+            raise UserError(self._too_small())
         if vocab_size is not None:
             self.check_vocab(vocab_size)
+
+    def _too_small(self) -> str:
+        """Why no window fits, with the fix that fits the cause (an empty split cannot be cured by seq_len)."""
+        where, tokens, window = f"split {self.split!r} of {self.data_dir}", self.info["tokens"], self.seq_len + 1
+        redo = ("prepare the set again with more text in it: more documents"
+                + (", a larger --val-fraction" if self.split == "val" else "")
+                + ", or for a .txt source --txt-unit line|paragraph")
+        if tokens == 0:
+            return f"{where} is empty ({self.info.get('docs', 0)} documents, 0 tokens); {redo}"
+        if tokens < window:
+            return (f"{where} holds {tokens} tokens, fewer than one window of data.seq_len+1={window}; "
+                    f"set data.seq_len={tokens - 1} or lower, or {redo}")
+        return (f"{where} has fewer than data.seq_len+1={window} tokens in every shard; "
+                "lower data.seq_len or prepare it again with larger shards")
 
     def check_vocab(self, vocab_size: int, fix: str | None = None) -> None:
         """Every token id has a row in a model of `vocab_size` rows; `fix` says what to change when not
