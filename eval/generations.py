@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from eval.models import load_model, model_cli, model_meta, output_path, small_model_threads
+from eval.models import load_model, model_cli, model_meta, output_path, save_output, small_model_threads
 from eval.repetition import repetition_score
 from minimodel.common.errors import UserError, cli_entry
-from minimodel.common.io import read_jsonl_objects, write_json
+from minimodel.common.io import read_jsonl_objects
 from minimodel.models.causal_lm import CausalLM
 
 DEFAULT_PROMPTS = Path(__file__).resolve().parent / "prompts" / "en_ko_2x2.jsonl"
@@ -112,7 +112,7 @@ def main(argv=None) -> dict:
     doc = {**model_meta(lm, args, "eval.generations", argv), "prompts_file": str(args.prompts),
            "settings": {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
                         "top_p": args.top_p, "seed": args.seed}, "samples": samples}
-    write_json(out, doc)
+    save_output(out, doc)
     return doc
 
 
