@@ -33,7 +33,6 @@ def write_gguf(hf_model, sp_path: Path, path: Path, quant=None) -> Path:
     """A GGUF file as llama.cpp's converter lays it out (tensor names, q/k permutation for
     llama, sentencepiece vocabulary as "llama" tokenizer metadata); matrices in `quant`."""
     import gguf
-    import sentencepiece as spm
 
     cfg = hf_model.config
     arch_name = cfg.model_type
@@ -53,19 +52,7 @@ def write_gguf(hf_model, sp_path: Path, path: Path, quant=None) -> Path:
     w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     w.add_vocab_size(cfg.vocab_size)
-    sp = spm.SentencePieceProcessor(model_file=str(sp_path))
-    n = sp.get_piece_size()
-    pieces = [sp.id_to_piece(i) for i in range(n)]
-    types = [2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 6 if sp.is_byte(i)
-             else 4 if pieces[i].startswith("<|") else 1 for i in range(n)]
-    w.add_tokenizer_model("llama")
-    w.add_token_list(pieces)
-    w.add_token_scores([sp.get_score(i) for i in range(n)])
-    w.add_token_types(types)
-    w.add_bos_token_id(sp.bos_id())
-    w.add_eos_token_id(sp.eos_id())
-    w.add_unk_token_id(sp.unk_id())
-    w.add_pad_token_id(sp.pad_id())
+    add_sp_vocab(w, sp_path)
     for name, t in hf_model.state_dict().items():
         if name == "lm_head.weight" and cfg.tie_word_embeddings:
             continue
@@ -85,4 +72,45 @@ def write_gguf(hf_model, sp_path: Path, path: Path, quant=None) -> Path:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+    return path
+
+
+def add_sp_vocab(w, sp_path: Path) -> None:
+    """A sentencepiece vocabulary as llama.cpp's converter writes it ("llama" tokenizer metadata):
+    pieces, scores, types; add_space_prefix from the model's normaliser; user-defined pieces
+    pre-normalised with their "▁" written as spaces (so a Gemma file's whitespace-run pieces read "  ")."""
+    import sentencepiece as spm
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    sp = spm.SentencePieceProcessor(model_file=str(sp_path))
+    proto = pb.ModelProto.FromString(Path(sp_path).read_bytes())
+    n = sp.get_piece_size()
+    types = [p.type for p in proto.pieces]  # sentencepiece's numbering is GGUF's (1 normal ... 6 byte)
+    w.add_tokenizer_model("llama")
+    w.add_token_list([sp.id_to_piece(i).replace("▁", " ") if types[i] == 4 else sp.id_to_piece(i)
+                      for i in range(n)])
+    w.add_token_scores([sp.get_score(i) for i in range(n)])
+    w.add_token_types(types)
+    w.add_add_space_prefix(proto.normalizer_spec.add_dummy_prefix)
+    w.add_bos_token_id(sp.bos_id())
+    w.add_eos_token_id(sp.eos_id())
+    w.add_unk_token_id(sp.unk_id())
+    w.add_pad_token_id(sp.pad_id())
+
+
+def gemma_style_tokenizer(path: Path, vocab_size: int = 1200) -> Path:
+    """A sentencepiece BPE laid out as Gemma's: no dummy prefix, and runs of 2-31 spaces as
+    user-defined pieces (so "  Two" is "▁▁" + "Two"), byte fallback, turn markers."""
+    import io
+
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(fixture_docs("english_web.jsonl") + fixture_docs("korean_1961.jsonl")),
+        model_writer=buf, vocab_size=vocab_size, model_type="bpe", byte_fallback=True,
+        normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
+        split_digits=True, pad_id=0, unk_id=1, bos_id=2, eos_id=3, minloglevel=2,
+        user_defined_symbols=["<start_of_turn>", "<end_of_turn>"] + ["▁" * k for k in range(2, 32)])
+    path.write_bytes(buf.getvalue())
     return path

@@ -14,9 +14,10 @@ import torch
 
 from minimodel.common.errors import UserError, error_gist
 from minimodel.common.io import atomic_dir, read_json_object, write_json, write_text
-from minimodel.tokenizers.sp_to_hf import save_hf_tokenizer, verify_tokenizer
+from minimodel.tokenizers.sp_to_hf import SPACE, save_hf_tokenizer, verify_tokenizer
 
 IMPORT_META = "minimodel_import.json"
+USER_DEFINED = 4  # sentencepiece's and GGUF's piece type for user-defined symbols
 
 
 def cache_root() -> Path:
@@ -39,7 +40,9 @@ def gguf_sentencepiece(gguf_path: Path) -> bytes | None:
     """A sentencepiece model rebuilt from a GGUF's "llama" (sentencepiece BPE) vocabulary, or
     None for other tokenizer kinds. transformers converts GGUF vocabularies by architecture,
     so a sentencepiece vocabulary in a qwen3 file (our cores) would get a GPT-2 byte-level
-    tokenizer; GGUF keeps sentencepiece's pieces, scores and types, enough to rebuild it."""
+    tokenizer; GGUF keeps sentencepiece's pieces, scores and types, enough to rebuild it.
+    Both layouts are reproduced: Llama/Mistral (a dummy "▁" prefix) and Gemma (add_space_prefix
+    false, runs of spaces as user-defined pieces matched whole before the merges)."""
     from gguf import GGUFReader  # optional: only for .gguf bases (not on the GPU machine)
     from sentencepiece import sentencepiece_model_pb2 as pb  # protobuf: not on every machine (the GPU machine lacks it)
 
@@ -50,6 +53,8 @@ def gguf_sentencepiece(gguf_path: Path) -> bytes | None:
     types = f["tokenizer.ggml.token_type"].contents()  # same numbering as sentencepiece's piece types
     m = pb.ModelProto()
     for piece, score, kind in zip(tokens, scores, types):
+        if kind == USER_DEFINED:  # llama.cpp's converter writes their "▁" as spaces (Gemma's "  ", "   " ...)
+            piece = piece.replace(" ", SPACE)
         m.pieces.add(piece=piece, score=float(score), type=int(kind))
     t = m.trainer_spec
     t.model_type = pb.TrainerSpec.BPE
