@@ -71,6 +71,21 @@ def gguf_sentencepiece(gguf_path: Path) -> bytes | None:
     return m.SerializeToString()
 
 
+def _byte_level_fixes(tok, gguf_path: Path) -> None:
+    """Repair what transformers' GGUF converter gets wrong for a llama-architecture file with a byte-level
+    ("gpt2") vocabulary, as Llama 3 and SmolLM ship: it keeps sentencepiece's decoder, which strips the
+    first space of every decoded text, and takes EOS from the BOS id. A byte-level vocabulary decodes
+    with ByteLevel alone; BOS and EOS are read from the file's own ids."""
+    from tokenizers import decoders  # transformers and tokenizers take seconds to import: only where used
+
+    tok.backend_tokenizer.decoder = decoders.ByteLevel()
+    tokens = _gguf_field(gguf_path, "tokenizer.ggml.tokens")
+    for key in ("bos", "eos"):
+        token_id = _gguf_field(gguf_path, f"tokenizer.ggml.{key}_token_id")
+        if token_id is not None:
+            setattr(tok, f"{key}_token", tokens[int(token_id)])
+
+
 def _gguf_config(gguf_path: Path):
     """transformers' GGUF config, with head_dim taken from the file: for qwen3 transformers
     ignores attention.key_length and falls back to 128, which breaks every model whose
@@ -123,6 +138,8 @@ def gguf_to_hf(gguf_path: str | Path, out_dir: str | Path | None = None, dtype: 
         try:
             tok = AutoTokenizer.from_pretrained(gguf_path.parent, **kw)
             tok_note = "converted by transformers from GGUF metadata"
+            if _gguf_field(gguf_path, "tokenizer.ggml.model") == "gpt2":
+                _byte_level_fixes(tok, gguf_path)
         except (ValueError, KeyError, OSError, TypeError, NotImplementedError) as e:
             tok_note = f"no tokenizer: {error_gist(e)}"
     # transformers flags a GGUF-loaded model as quantised and refuses to save it, although its
