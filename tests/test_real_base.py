@@ -65,6 +65,7 @@ def tiny_gguf_base(tmp_path_factory):
     return write_gguf(AutoModelForCausalLM.from_config(cfg).eval(), tok_dir, root / "tiny.gguf", pre="smollm")
 
 
+@pytest.mark.slow
 def test_the_recipe_end_to_end_on_a_tiny_gguf(tiny_gguf_base, tmp_path, demo_cache):
     env = {**os.environ, "PY": sys.executable, "BASE": str(tiny_gguf_base), "OUT": str(tmp_path / "runs"),
            "DATA_DIR": str(tmp_path / "data"), "NAME": "tiny", "STEPS": "4", "MAX_BYTES": "3000", "GEN_TOKENS": "4",
