@@ -248,3 +248,17 @@ def test_generations_table_and_repetition(native, tmp_path):
     # greedy decoding is deterministic, and sampling is seeded
     twice = main([str(run), "--max-new-tokens", "12", "--out", str(tmp_path / "g2.json")])
     assert [s["text"] for s in twice["samples"]] == [s["text"] for s in doc["samples"]]
+
+
+def test_a_character_cut_by_the_token_budget_is_dropped(tmp_path):
+    from hf_helpers import byte_level_tokenizer
+    from transformers import AutoTokenizer
+
+    from eval.generations import drop_cut_character
+
+    # a byte-level tokenizer with few merges spells a Korean syllable in several tokens
+    tok = AutoTokenizer.from_pretrained(byte_level_tokenizer(tmp_path / "t", "llama3", vocab_size=300))
+    ids = tok("수도로", add_special_tokens=False)["input_ids"]
+    cut = tok.decode(ids[:-1])  # a budget that ends inside the last syllable
+    assert cut.endswith("\ufffd") and drop_cut_character(cut) == "수도"
+    assert drop_cut_character("수도로") == "수도로"
