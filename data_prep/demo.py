@@ -95,6 +95,29 @@ def load_corpora(base_lang: str, new_lang: str, val_fraction: float, seed: int, 
     return splits, sources, held
 
 
+def write_sets(out: Path, sets: dict[str, tuple[Path, str]], splits: dict, sources: dict, held: list[str],
+               val_fraction: float, seed: int, num_proc: int, log=print) -> dict:
+    """Each set {name: (tokenizer, language)} of the demo's splits as OUT/name (shards, manifest,
+    heldout.jsonl); a summary per set. Any tokenizer will do: the held-out chapters stay the same."""
+    summary = {}
+    for name, (tok, lang) in sets.items():
+        d = splits[lang]
+        texts = {s: [doc.text for doc in d[s]] for s in ("train", "val")}
+        m = prepare_from_docs(
+            out / name, tok, texts, sources[lang],
+            num_proc=num_proc, extra_files={"heldout.jsonl": heldout_jsonl(d["val"])},
+            extra_manifest={"language": lang, "tokenizer_name": Path(tok).stem,
+                            "heldout": {"file": "heldout.jsonl", "units": "bible chapters (book.chapter)",
+                                        "count": len(d["val"]),
+                                        "units_sha256": hashlib.sha256("\n".join(held).encode()).hexdigest(),
+                                        "val_fraction": val_fraction, "seed": seed},
+                            "tokenizer_report": tokenizer_report(tok, {lang: texts["val"]})["languages"][lang]})
+        summary[name] = {"language": lang, "tokenizer": Path(tok).name, "vocab_size": m["vocab_size"],
+                         **{s: {k: v[k] for k in ("docs", "bytes", "tokens")} for s, v in m["splits"].items()}}
+        log(f"[demo] {name}: train {m['splits']['train']['tokens']:,} tokens, val {m['splits']['val']['tokens']:,}")
+    return summary
+
+
 def refuse_other_pair(out: Path, base_lang: str, new_lang: str) -> None:
     """A demo of another language pair in `out` shares this one's set and tokenizer names (demo_en,
     tokenizers/shared.model): writing would replace them under the models trained on them."""
@@ -156,22 +179,7 @@ def run(out: Path, base_lang: str = "en", new_lang: str = "ko", vocab_size: int 
             f"{base_lang}_tokens_per_char_after": report[ext_name]["languages"][base_lang]["tokens_per_char"],
         }
     log(f"[demo] tokenizers ready at {time.time() - t0:.1f}s")
-    summary = {}
-    for name, (tok, lang) in sets.items():
-        d = splits[lang]
-        m = prepare_from_docs(
-            out / name, tok, {"train": texts[lang]["train"], "val": texts[lang]["val"]}, sources[lang],
-            num_proc=num_proc, extra_files={"heldout.jsonl": heldout_jsonl(d["val"])},
-            extra_manifest={"language": lang, "tokenizer_name": tok.stem,
-                            "heldout": {"file": "heldout.jsonl", "units": "bible chapters (book.chapter)",
-                                        "count": len(d["val"]),
-                                        "units_sha256": hashlib.sha256("\n".join(held).encode()).hexdigest(),
-                                        "val_fraction": val_fraction, "seed": seed},
-                            "tokenizer_report": tokenizer_report(tok, {lang: texts[lang]["val"]})["languages"][lang]})
-        summary[name] = {"language": lang, "tokenizer": tok.name, "vocab_size": m["vocab_size"],
-                         **{s: {k: v[k] for k in ("docs", "bytes", "tokens")} for s, v in m["splits"].items()}}
-        log(f"[demo] {name}: train {m['splits']['train']['tokens']:,} tokens, val {m['splits']['val']['tokens']:,}")
-    report["sets"] = summary
+    report["sets"] = write_sets(out, sets, splits, sources, held, val_fraction, seed, num_proc, log)
     rp = out / "tokenizer_report.json"
     old = rp.read_text() if rp.is_file() else None
     new = json.dumps(report, indent=2, ensure_ascii=False) + "\n"

@@ -1,6 +1,7 @@
 """An offline bilingual instruction set for the demo, made from verse-aligned Bibles.
 
     python -m data_prep.demo_sft --data data --out data/sft_demo [--examples 3000]
+    python -m data_prep.demo_sft --data data --tokenizer path/to/hf_base --out data/sft_demo_base
 
 No SFT corpus installs from a package registry, but the aligned English (WEB) and Korean
 (1961) verses give real instructions with checkable answers: translate a verse either
@@ -77,11 +78,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=None, help="default: DATA/sft_demo")
     p.add_argument("--examples", type=int, default=3000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tokenizer", default=None, help="default: the demo's DATA/tokenizers/shared.model; a Hugging "
+                   "Face base's directory or tokenizer.json makes the set for that base (its own chat template)")
     a = p.parse_args(argv)
     data = Path(a.data)
     out = Path(a.out) if a.out else data / "sft_demo"
-    tokenizer = data / "tokenizers" / "shared.model"
-    if not tokenizer.is_file():
+    tokenizer = Path(a.tokenizer) if a.tokenizer else data / "tokenizers" / "shared.model"
+    if not tokenizer.exists():
         raise UserError(f"{tokenizer} not found: run `python -m data_prep.demo --out {data}` first")
     verses = aligned_verses(offline.bible_db(), held_units_of(data))
     recs = build_records(verses, a.examples, a.seed)

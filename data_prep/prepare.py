@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterable
@@ -54,9 +55,32 @@ def collect(args) -> tuple[list[Doc], list[dict]]:
     return docs, sources
 
 
+# a stage reads windows of data.seq_len + 1 tokens; its default seq_len is 256
+DEFAULT_WINDOW = 257
+SPLIT_HINT = ("give more documents or a larger --val-fraction; a .txt file is split into documents "
+              "by --txt-unit line|paragraph (--txt-unit file keeps it whole)")
+
+
+def check_val_split(splits: dict[str, list[Doc]], val_fraction: float) -> None:
+    """Refuse a set whose held-out split came out empty: every stage evaluates on it."""
+    if val_fraction > 0 and not splits["val"]:
+        n = len(splits["train"])
+        raise UserError(f"the val split is empty: {n} document{'s' if n != 1 else ''} in all, and a held-out "
+                        f"split needs at least two; {SPLIT_HINT}")
+
+
+def warn_small_val(manifest: dict) -> None:
+    val = manifest["splits"].get("val")
+    if val and 0 < val["tokens"] < DEFAULT_WINDOW:
+        print(f"WARNING: the val split holds {val['tokens']} tokens, fewer than one window at the default "
+              f"data.seq_len+1={DEFAULT_WINDOW}: a stage on this set needs data.seq_len <= {val['tokens'] - 1}, "
+              f"or {SPLIT_HINT}", file=sys.stderr)
+
+
 def prepare(args) -> dict:
     docs, sources = collect(args)
     splits = split_docs(docs, args.val_fraction, args.seed)
+    check_val_split(splits, args.val_fraction)
     by_split = {s: [d.text for d in ds] for s, ds in splits.items()}
     with tempfile.TemporaryDirectory() as tmp:
         tok = args.tokenizer  # a file, a model directory or a hub id: minimodel.tokenizers.tokenizer.open_tokenizer
@@ -83,7 +107,9 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--text-field", default="text")
     g.add_argument("--template", default=None, help='format records, e.g. "{instruction}\\n{output}"')
     g.add_argument("--id-field", default="id")
-    g.add_argument("--txt-unit", choices=TXT_UNITS, default="file", help="what one document is in a .txt file")
+    g.add_argument("--txt-unit", choices=TXT_UNITS, default="auto",
+                   help="what one document is in a .txt file; auto: a paragraph when blank lines separate "
+                   "paragraphs, else a line when there are several, else the file")
     g.add_argument("--licence", default=None, help="licence of --files/--hf sources, recorded in the manifest")
     c = p.add_argument_group("cleaning")
     c.add_argument("--min-chars", type=int, default=1)
@@ -108,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     if not 0 <= args.val_fraction < 1:
         raise UserError(f"--val-fraction {args.val_fraction} must be in [0, 1)")
     m = prepare(args)
+    warn_small_val(m)
     print(json.dumps({"out": args.out, **{s: {k: v[k] for k in ("docs", "bytes", "tokens")}
                                           for s, v in m["splits"].items()}}))
 

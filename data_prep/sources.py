@@ -10,6 +10,8 @@ import gzip
 import io
 import json
 import os
+import re
+import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,8 @@ from typing import Callable, Iterable, Iterator
 from minimodel.common.errors import UserError
 
 SUFFIXES = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz", ".json.gz", ".ndjson", ".parquet")
-TXT_UNITS = ("file", "paragraph", "line")
+TXT_UNITS = ("auto", "file", "paragraph", "line")
+_BLANK_LINE = re.compile(r"\n[ \t]*\n")  # a paragraph break: an empty or whitespace-only line
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,24 @@ def _decode(path: Path, data: bytes, where: str) -> str:
                         f"convert it first, e.g. iconv -f CP949 -t UTF-8 {path}") from None
 
 
-def read_txt(path: Path, unit: str = "file") -> Iterator[Doc]:
+def txt_parts(text: str, unit: str) -> tuple[list[str], str]:
+    """The documents of a .txt file's text, and the unit used. "auto" splits where the file plainly
+    holds many documents (blank-line paragraphs, else lines) and keeps a one-line file whole: a
+    3,000-line file read as one document gets no held-out split at all."""
+    paragraphs = _BLANK_LINE.split(text.replace("\r\n", "\n")) if unit in ("auto", "paragraph") else []
+    if unit == "auto":
+        if sum(1 for p in paragraphs if p.strip()) >= 2:
+            unit = "paragraph"
+        elif sum(1 for line in text.splitlines() if line.strip()) >= 2:
+            unit = "line"
+        else:
+            unit = "file"
+    if unit == "file":
+        return [text], unit
+    return (text.splitlines() if unit == "line" else paragraphs), unit
+
+
+def read_txt(path: Path, unit: str = "auto") -> Iterator[Doc]:
     if unit not in TXT_UNITS:
         raise UserError(f"txt unit {unit!r} unknown; use one of {TXT_UNITS}")
     try:
@@ -107,16 +127,14 @@ def read_txt(path: Path, unit: str = "file") -> Iterator[Doc]:
     except (OSError, EOFError, zlib.error) as e:
         raise UserError(f"{path}: cannot read ({e})") from None
     _check_head(path, data[:8192])
-    text = _decode(path, data, str(path))
-    if unit == "file":
-        parts = [text]
-    elif unit == "line":
-        parts = text.splitlines()
-    else:
-        parts = [p for p in text.replace("\r\n", "\n").split("\n\n")]
+    parts, used = txt_parts(_decode(path, data, str(path)), unit)
+    if unit == "auto" and used != "file":  # say what was decided: the split depends on it
+        n = sum(1 for p in parts if p.strip())
+        print(f"note: {path}: {n} documents, one per {used} (--txt-unit file|paragraph|line to choose)",
+              file=sys.stderr)
     for i, part in enumerate(parts):
         if part.strip():
-            yield Doc(id=f"{path.name}:{i}" if unit != "file" else path.name, text=part)
+            yield Doc(id=f"{path.name}:{i}" if used != "file" else path.name, text=part)
 
 
 def jsonl_records(path: Path) -> Iterator[tuple[str, dict]]:
@@ -178,7 +196,7 @@ def read_parquet(path: Path, get: Callable[[dict, str], str], id_field: str = "i
 
 
 def read_files(patterns: str | Iterable[str], text_field: str = "text", template: str | None = None,
-               txt_unit: str = "file", id_field: str = "id") -> Iterator[Doc]:
+               txt_unit: str = "auto", id_field: str = "id") -> Iterator[Doc]:
     """Documents from local files; the reader is picked by suffix (gzip is detected by magic bytes)."""
     get = text_getter(text_field, template)
     for path in expand(patterns):

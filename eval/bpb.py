@@ -14,7 +14,8 @@ stream as pretraining did, EOS included, over the split's document bytes.
 A set is DIR (a prepared set: its heldout.jsonl), DIR:SPLIT (its token shards), a .jsonl
 ({"text"[, "lang"]}) or .txt file, optionally named NAME=SET. Names start with a language
 code (en_heldout, ko_news); it is taken from the set's manifest or jsonl "lang" when unnamed.
-Writes RUN_DIR/eval/bpb.json for a run directory (or --out).
+The numbers print on stderr as they come. The JSON goes to --out, else RUN_DIR/eval/bpb.json for a run
+directory, else (a Hugging Face directory or hub id, a .gguf file, BASE --adapter A) to stdout.
 """
 from __future__ import annotations
 
@@ -25,10 +26,19 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.models import free_memory, load_model, model_cli, model_meta, output_path, scoring_batch, small_model_threads
+from eval.models import (
+    free_memory,
+    load_model,
+    model_cli,
+    model_meta,
+    output_path,
+    save_output,
+    scoring_batch,
+    small_model_threads,
+)
 from eval.scoring import score_docs
 from minimodel.common.errors import UserError, cli_entry
-from minimodel.common.io import read_json_object, read_jsonl_objects, read_utf8, write_json
+from minimodel.common.io import read_json_object, read_jsonl_objects, read_utf8
 from minimodel.models.causal_lm import CausalLM
 
 NAME_RE = re.compile(r"^[a-z]{2,3}(_[A-Za-z0-9.\-]+)*$")
@@ -173,7 +183,7 @@ def main(argv=None) -> dict:
         print(f"{lm.name}  {s['name']:<16} {r['bpb']:.4f} bits/byte  ({r['docs']} docs, {r['tokens']} tokens, "
               f"{r['bytes']} bytes, ctx {r['context']}, stride {r['stride']})", file=sys.stderr)
     doc = {**model_meta(lm, args, "eval.bpb", argv), "sets": results}
-    write_json(out, doc)
+    save_output(out, doc)
     return doc
 
 

@@ -8,7 +8,7 @@ text in both languages.
 Reads OUT/base_bpb.json (eval.bpb of the base) and OUT/arms/<arm>_s<seed>/ (a CPT run directory with
 eval/bpb.json; its config.toml says source, ratio, distill and seed), plus OUT/timing.jsonl (the wall
 time of each run, written by recipes/forgetting_methods.sh). Writes OUT/summary.json, OUT/methods.md
-(the table) and OUT/methods.png (English change against Korean bits per byte, one point per arm),
+(the table) and OUT/methods.png (each language's change against the base, per arm: every seed and the mean),
 OUT/report.md (both). The summary's `targets` block checks the issue's three targets.
 """
 from __future__ import annotations
@@ -108,8 +108,8 @@ def table(summary: dict) -> str:
              "text). Each arm: the mean over seeds, +- half the range; change relative to the base.", "",
              "| arm | source | ratio | distill | seeds | English bpb | English change | Korean bpb | Korean change |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, a in sorted(summary["arms"].items(), key=lambda kv: (kv[1]["ratio"], kv[1]["source"],
-                                                                    kv[1]["distill"])):
+    for name in arm_order(summary):
+        a = summary["arms"][name]
         lines.append(f"| {name} | {a['source']} | {a['ratio']:.2f} | {a['distill']:g} | {len(a['seeds'])} | "
                      f"{a['en_bpb']:.4f} +- {a['en_spread']:.4f} | {a['en_relative']:+.1%} | "
                      f"{a['ko_bpb']:.4f} +- {a['ko_spread']:.4f} | {a['ko_relative']:+.1%} |")
@@ -121,25 +121,63 @@ def table(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(summary: dict, path: Path) -> None:
+def arm_order(summary: dict) -> list[str]:
+    """Arms as the table lists them: by replay ratio, then source, then distillation weight."""
+    return sorted(summary["arms"], key=lambda n: (summary["arms"][n]["ratio"], summary["arms"][n]["source"],
+                                                   summary["arms"][n]["distill"]))
+
+
+def seed_changes(summary: dict, name: str, lang: str) -> list[float]:
+    """Each seed's bits-per-byte change against the base, in percent."""
+    base = summary["base"][f"{lang}_bpb"]
+    return [(v / base - 1) * 100 for v in summary["arms"][name][f"{lang}_bpb_by_seed"]]
+
+
+def figure(summary: dict):
+    """One panel per language, one row per arm: every seed as a dot, the mean as a bar with its value.
+    Plain linear axes that include 0 (the base), so a difference shows at its true size next to the
+    effect of replay; seed noise of a few thousandths of a bit stays invisible instead of filling an
+    axis of its own (the earlier plot's symlog and 0.0025-wide axis made it look like a result)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, a in summary["arms"].items():
-        marker = {"none": "x", "data": "o", "generated": "s"}[a["source"]]
-        ax.errorbar(a["ko_bpb"], a["en_relative"] * 100, xerr=a["ko_spread"],
-                    yerr=a["en_spread"] / summary["base"]["en_bpb"] * 100, fmt=marker, capsize=3, label=name)
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set_yscale("symlog", linthresh=2)  # replay arms sit within a few percent, no replay tens of percent above
-    ax.set_ylim(bottom=min([0.0] + [a["en_relative"] * 100 for a in summary["arms"].values()]) - 0.5)
-    ax.set_xlabel("Korean held-out bits per byte (lower: learned more)")
-    ax.set_ylabel("English bpb change vs the base, % (lower: forgot less)")
-    ax.set_title("Forgetting methods at the same Korean token budget")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    names = arm_order(summary)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 1.2 + 0.45 * len(names)), sharey=True)
+    labels = {"en": "English bpb vs the base, % (lower: forgot less)",
+              "ko": "Korean bpb vs the base, % (lower: learned more)"}
+    for ax, lang in zip(axes, ("en", "ko")):
+        everything = [0.0]
+        for row, name in enumerate(names):
+            y, seeds = len(names) - 1 - row, seed_changes(summary, name, lang)
+            mean = (summary["arms"][name][f"{lang}_bpb"] / summary["base"][f"{lang}_bpb"] - 1) * 100
+            everything += seeds
+            ax.plot([min(seeds), max(seeds)], [y, y], color="C0", lw=1, alpha=0.6)
+            ax.scatter(seeds, [y] * len(seeds), s=22, facecolors="none", edgecolors="C0", zorder=3,
+                       label="one seed" if row == 0 else None)
+            ax.scatter([mean], [y], marker="|", s=260, color="black", zorder=4, label="mean" if row == 0 else None)
+            ax.annotate(f"{mean:+.1f}%", (max(seeds), y), xytext=(8, 0), textcoords="offset points",
+                        ha="left", va="center", fontsize=8)
+        lo, hi = min(everything), max(everything)
+        pad = 0.06 * (hi - lo or 1)
+        ax.set_xlim(lo - pad, hi + 2.5 * pad)  # room for the value written right of each row
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.set_xlabel(labels[lang])
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(range(len(names)))
+    axes[0].set_yticklabels([f"{n} ({len(summary['arms'][n]['seeds'])} seeds)" for n in reversed(names)])
+    axes[0].set_ylim(-0.7, len(names) - 0.3)
+    axes[0].legend(fontsize=8, loc="center right")
+    fig.suptitle("Forgetting methods at the same Korean token budget (0 = the base)")
     fig.tight_layout()
+    return fig
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = figure(summary)
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
@@ -158,7 +196,8 @@ def main(argv=None) -> dict:
     md = table(summary)
     write_text(out / "methods.md", md)
     plot(summary, out / "methods.png")
-    write_text(out / "report.md", "# Forgetting methods\n\n" + md + "\n![English change vs Korean bpb](methods.png)\n")
+    write_text(out / "report.md", "# Forgetting methods\n\n" + md
+               + "\n![Change against the base, per language and arm](methods.png)\n")
     print(md)
     return summary
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from eval.models import load_model, model_cli, model_meta, output_path, small_model_threads
+from eval.models import load_model, model_cli, model_meta, output_path, save_output, small_model_threads
 from eval.repetition import repetition_score
 from minimodel.common.errors import UserError, cli_entry
-from minimodel.common.io import read_jsonl_objects, write_json
+from minimodel.common.io import read_jsonl_objects
 from minimodel.models.causal_lm import CausalLM
 
 DEFAULT_PROMPTS = Path(__file__).resolve().parent / "prompts" / "en_ko_2x2.jsonl"
@@ -70,6 +70,12 @@ def stop_tokens(lm: CausalLM) -> tuple[int, ...]:
     return ()
 
 
+def drop_cut_character(text: str) -> str:
+    """A text cut by the token budget without the character the cut split: byte-level tokenizers spell
+    a Korean syllable in up to three tokens, and the bytes of a partial one decode to U+FFFD ("�")."""
+    return text.rstrip("\ufffd")
+
+
 def run_generations(lm: CausalLM, prompts: list[dict], max_new_tokens: int = 64, temperature: float = 0.8,
                     top_p: float = 0.95, seed: int = 0) -> list[dict]:
     with small_model_threads(lm):
@@ -83,6 +89,8 @@ def _generate_all(lm, prompts, max_new_tokens, temperature, top_p, seed) -> list
         for mode, temp in (("greedy", 0.0), ("sampled", temperature)):
             new = continue_ids(lm, ids, max_new_tokens, temp, top_p, seed + k, stops)
             text = lm.tokenizer.decode(new)
+            if len(new) == max_new_tokens:
+                text = drop_cut_character(text)
             samples.append({**rec, "mode": mode, "text": text, "new_tokens": len(new),
                             "repetition": repetition_score(text)})
     return samples
@@ -112,7 +120,7 @@ def main(argv=None) -> dict:
     doc = {**model_meta(lm, args, "eval.generations", argv), "prompts_file": str(args.prompts),
            "settings": {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
                         "top_p": args.top_p, "seed": args.seed}, "samples": samples}
-    write_json(out, doc)
+    save_output(out, doc)
     return doc
 
 

@@ -9,7 +9,8 @@ points it elsewhere) and minimodel_cloze_LANG (multiple choice from eval/tasks/d
 standard tasks in HUB_TASKS download their data from the Hugging Face hub.
 Backend: the kit's `minimodel` LM for native run dirs and directories with a sentencepiece
 tokenizer.model only; lm-eval's `hf` backend (peft adapter passed through) for Hugging Face
-directories with tokenizer files. Writes RUN_DIR/eval/lm_eval.json (or --out).
+directories with tokenizer files. The JSON goes to --out, else RUN_DIR/eval/lm_eval.json for a run
+directory, else to stdout.
 """
 from __future__ import annotations
 
@@ -23,9 +24,8 @@ from pathlib import Path
 
 import yaml
 
-from eval.models import model_cli
+from eval.models import model_cli, save_output
 from minimodel.common.errors import UserError, cli_entry
-from minimodel.common.io import write_json
 
 TASK_DIR = Path(__file__).resolve().parent / "tasks"
 # Standard tasks selectable by name; every one downloads its dataset from the hub.
@@ -172,15 +172,14 @@ def main(argv=None) -> dict:
         heldout[lang] = path
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     check_tasks(tasks)  # before loading anything
-    if not args.out and not (Path(args.model) / "config.toml").is_file():
-        raise UserError(f"{args.model} is not a run directory; say where to write the results with --out")
-    out = Path(args.out) if args.out else Path(args.model) / "eval" / "lm_eval.json"
+    run_dir = (Path(args.model) / "config.toml").is_file()
+    out = Path(args.out) if args.out else Path(args.model) / "eval" / "lm_eval.json" if run_dir else None
     doc = evaluate(args.model, tasks, args.adapter, args.limit, heldout, args.backend, args.batch_size,
                    args.device, args.max_length)
     doc.update(stage=args.stage, base=args.base, command=shlex.join(["python", "-m", "eval.harness", *argv]))
     for t, m in doc["results"].items():
         print(f"{doc['model']}  {t:<22} " + "  ".join(f"{k} {v:.4f}" for k, v in m.items()), file=sys.stderr)
-    write_json(out, doc)
+    save_output(out, doc)
     return doc
 
 

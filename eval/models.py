@@ -4,6 +4,7 @@ context the run was trained with. The tokenizer is the model's own (minimodel.to
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 
 from minimodel.common.distributed import pick_device
-from minimodel.common.errors import UserError
+from minimodel.common.io import write_json
 from minimodel.models.causal_lm import CausalLM
 from minimodel.models.loading import load
 
@@ -59,18 +60,32 @@ def model_cli(prog: str, doc: str, out_file: str) -> argparse.ArgumentParser:
     ap.add_argument("model", help="run dir, Hugging Face dir or hub id, .gguf file, or adapter dir")
     ap.add_argument("--adapter", help="peft adapter to apply on MODEL")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--out", help=f"output JSON (default RUN_DIR/eval/{out_file})")
+    ap.add_argument("--out", help=f"output JSON (default: RUN_DIR/eval/{out_file} for a run directory; "
+                    "for any other model the JSON is printed on stdout)")
     ap.add_argument("--stage", help="stage label for the report (base, cpt, sft, ...); default from config.toml")
     ap.add_argument("--base", help="the model this one was adapted from (run dir or name), for the report")
     return ap
 
 
-def output_path(lm: CausalLM, out: str | None, file: str) -> Path:
+def output_path(lm: CausalLM, out: str | None, file: str) -> Path | None:
+    """Where an eval command's JSON goes: --out, else RUN_DIR/eval/FILE for a run directory, else
+    nowhere (None: `save_output` prints it). Scoring a base is the first thing a user does, and a
+    Hugging Face directory, hub cache or .gguf file is not ours to write into."""
     if out:
         return Path(out)
-    if lm.run_dir is None:
-        raise UserError(f"{lm.name} is not a run directory; say where to write the results with --out")
-    return lm.run_dir / "eval" / file
+    return None if lm.run_dir is None else lm.run_dir / "eval" / file
+
+
+def save_output(path: Path | None, doc: dict) -> None:
+    """Write the JSON where `output_path` said; without a place, print it on stdout (the numbers
+    were shown on stderr as they came) and say how to keep it."""
+    if path is not None:
+        write_json(path, doc)
+        print(f"wrote {path}", file=sys.stderr)
+        return
+    print(json.dumps(doc, indent=2, ensure_ascii=False, default=str))
+    print(f"note: {doc.get('model')} is not a run directory, so the JSON above was not saved; "
+          "--out FILE.json writes it", file=sys.stderr)
 
 
 def model_meta(lm: CausalLM, args, module: str, argv: list[str]) -> dict:

@@ -46,7 +46,7 @@ def test_parquet(tmp_path):
 def test_txt_units(tmp_path):
     p = tmp_path / "a.txt"
     p.write_text("para one\nline two\n\npara two\n", encoding="utf-8")
-    assert [d.text for d in read_files(p)] == ["para one\nline two\n\npara two\n"]
+    assert [d.text for d in read_files(p, txt_unit="file")] == ["para one\nline two\n\npara two\n"]
     assert [d.text for d in read_files(p, txt_unit="paragraph")] == ["para one\nline two", "para two\n"]
     assert [d.text for d in read_files(p, txt_unit="line")] == ["para one", "line two", "para two"]
 

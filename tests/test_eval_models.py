@@ -151,6 +151,30 @@ def test_hf_dir_and_base_plus_adapter(native, tmp_path):
     assert bits_per_byte(adapted, held)["bpb"] != pytest.approx(bits_per_byte(hf, held)["bpb"], rel=1e-6)
 
 
+def test_bpb_and_generations_of_a_base_print_without_out(native, tmp_path, capsys):
+    """Scoring a model that is no run directory (a Hugging Face dir) needs no --out: the numbers print
+    and the JSON goes to stdout; nothing is written into the model's directory."""
+    from eval.bpb import main
+    from eval.generations import main as generate
+
+    hf_dir = tmp_path / "hf"
+    shutil.copytree(native[0] / "final", hf_dir)
+    (hf_dir / "minimodel.json").unlink()
+    held = write_jsonl(tmp_path / "h.jsonl", [t[:300] for t in HELD[:2]])
+    doc = main([str(hf_dir), "--data", f"en_h={held}", "--ctx", "64"])
+    out = capsys.readouterr()
+    assert json.loads(out.out)["sets"]["en_h"]["bpb"] == pytest.approx(doc["sets"]["en_h"]["bpb"])
+    assert doc["sets"]["en_h"]["bpb"] > 0
+    assert "en_h" in out.err and "bits/byte" in out.err and "--out FILE.json" in out.err
+    assert not (hf_dir / "eval").exists()
+    doc = main([str(hf_dir), "--data", f"en_h={held}", "--ctx", "64", "--out", str(tmp_path / "b.json")])
+    assert json.loads((tmp_path / "b.json").read_text())["sets"] == json.loads(json.dumps(doc["sets"]))
+    assert capsys.readouterr().out == ""  # written, not printed
+    gen = generate([str(hf_dir), "--max-new-tokens", "4"])
+    assert json.loads(capsys.readouterr().out)["samples"] == json.loads(json.dumps(gen["samples"]))
+    assert not (hf_dir / "eval").exists()
+
+
 def test_lm_eval_adapter_on_local_tasks(native, tmp_path):
     from eval.bpb import bits_per_byte, parse_set
     from eval.harness import evaluate
@@ -224,3 +248,17 @@ def test_generations_table_and_repetition(native, tmp_path):
     # greedy decoding is deterministic, and sampling is seeded
     twice = main([str(run), "--max-new-tokens", "12", "--out", str(tmp_path / "g2.json")])
     assert [s["text"] for s in twice["samples"]] == [s["text"] for s in doc["samples"]]
+
+
+def test_a_character_cut_by_the_token_budget_is_dropped(tmp_path):
+    from hf_helpers import byte_level_tokenizer
+    from transformers import AutoTokenizer
+
+    from eval.generations import drop_cut_character
+
+    # a byte-level tokenizer with few merges spells a Korean syllable in several tokens
+    tok = AutoTokenizer.from_pretrained(byte_level_tokenizer(tmp_path / "t", "llama3", vocab_size=300))
+    ids = tok("수도로", add_special_tokens=False)["input_ids"]
+    cut = tok.decode(ids[:-1])  # a budget that ends inside the last syllable
+    assert cut.endswith("\ufffd") and drop_cut_character(cut) == "수도"
+    assert drop_cut_character("수도로") == "수도로"

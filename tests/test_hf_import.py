@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from hf_helpers import bilingual_tokenizer, tiny_native, write_gguf
+from hf_helpers import bilingual_tokenizer, byte_level_tokenizer, gemma_style_tokenizer, tiny_native, write_gguf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from minimodel.common.errors import UserError
@@ -13,6 +13,7 @@ from minimodel.models.gguf import gguf_to_hf
 from minimodel.models.hf_convert import to_hf_config
 from minimodel.models.loading import load, resolve
 from minimodel.tokenizers.sp_to_hf import save_hf_tokenizer
+from minimodel.tokenizers.tokenizer import open_tokenizer
 
 VOCAB = 2048
 
@@ -162,6 +163,58 @@ def test_gguf_import_f32_is_exact_and_cached(bi_tok, tmp_path):
     assert gguf_to_hf(gguf_file, tmp_path / "converted") == out
     assert (out / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not converted again
     assert load_native(gguf_file).config.head_dim == 16  # a .gguf path works wherever a base is named
+
+
+SPACED = {"indent": "def f():\n    return  1\n\tdone", "lead": " one leading space",
+          "runs": "a  b   c" + " " * 40 + "d", "ko": "  태초에  하나님이\n\n  천지를", "end": "trailing spaces   "}
+
+
+@pytest.mark.parametrize("style", ["llama", "gemma"])
+def test_gguf_sentencepiece_styles_round_trip(style, bi_tok, tmp_path):
+    """A GGUF base's sentencepiece vocabulary, rebuilt, encodes as the tokenizer the file was made from:
+    Llama/Mistral style (dummy prefix "▁") and Gemma style (no prefix, runs of spaces as user-defined
+    pieces, which llama.cpp's converter writes with spaces, "  ")."""
+    import sentencepiece as spm
+
+    from minimodel.tokenizers.sp_to_hf import PROBE_TEXTS
+
+    sp_path = bi_tok if style == "llama" else gemma_style_tokenizer(tmp_path / "gemma.model")
+    sp = spm.SentencePieceProcessor(model_file=str(sp_path))
+    cfg = to_hf_config(tiny_native(sp.get_piece_size(), qk_norm=False, tied=False).config)
+    torch.manual_seed(0)
+    gguf_file = write_gguf(AutoModelForCausalLM.from_config(cfg).eval(), sp_path, tmp_path / f"{style}.gguf")
+    converted = gguf_to_hf(gguf_file, tmp_path / "converted")
+    tok = AutoTokenizer.from_pretrained(converted)
+    lengths = open_tokenizer(converted).token_bytes(sp.get_piece_size())
+    for name, text in {**PROBE_TEXTS, **SPACED}.items():
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert ids == sp.encode(text), name
+        assert tok.decode(ids) == text, name
+        if style == "gemma":  # no dummy prefix: the pieces' bytes are exactly the text's (bits per byte)
+            assert int(lengths[ids].sum()) == len(text.encode("utf-8")), name
+    if style == "gemma":  # the case that was refused: no "▁" before the text, "▁▁" kept whole
+        assert tok.convert_ids_to_tokens(tok("  Two", add_special_tokens=False)["input_ids"])[:2] == ["▁▁", "T"]
+
+
+@pytest.mark.parametrize("style,arch,pre", [("qwen", "qwen3", "qwen2"), ("llama3", "llama", "smollm")])
+def test_gguf_byte_level_styles_round_trip(style, arch, pre, tmp_path):
+    """Byte-level BPE GGUF files ("gpt2" metadata): Qwen (qwen3 architecture) and Llama 3 / SmolLM (llama
+    architecture, distinct BOS and EOS) encode as the tokenizer the file was made from, with its BOS/EOS."""
+    from minimodel.tokenizers.sp_to_hf import PROBE_TEXTS
+
+    src = byte_level_tokenizer(tmp_path / "tok", style)
+    want = AutoTokenizer.from_pretrained(src)
+    cfg = to_hf_config(tiny_native(len(want), qk_norm=arch == "qwen3", tied=False).config)
+    torch.manual_seed(0)
+    gguf_file = write_gguf(AutoModelForCausalLM.from_config(cfg).eval(), src, tmp_path / f"{style}.gguf", pre=pre)
+    converted = gguf_to_hf(gguf_file, tmp_path / "converted")
+    tok = open_tokenizer(converted)
+    for name, text in {**PROBE_TEXTS, **SPACED}.items():
+        ids = tok.encode(text)
+        assert ids == want(text, add_special_tokens=False)["input_ids"], name
+        assert tok.decode(ids) == want.decode(ids, skip_special_tokens=True), name  # markers are special here
+        assert tok.tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False) == text, name
+    assert (tok.bos_id, tok.eos_id) == (want.bos_token_id, want.eos_token_id)
 
 
 def test_gguf_import_dequantises_q8_0(bi_tok, tmp_path, monkeypatch):

@@ -227,6 +227,45 @@ def test_sft_with_the_bases_chat_template(qwen_base, tmp_path):
     assert AutoTokenizer.from_pretrained(out / "final").chat_template == CHATML
 
 
+def test_shipped_sft_config_for_hf_bases(qwen_base, bilingual, tmp_path):
+    """recipes/configs/sft_hf_base.toml runs on a Hugging Face base as shipped (no demo sentencepiece
+    eval sets); a demo set added to it is refused with the override that drops it."""
+    from test_cpt_fixtures import stage_overrides
+
+    from data_prep.sft import prepare_sft
+    from minimodel.config import StageConfig, load_config
+    from minimodel.sft import run
+
+    config = ROOT / "recipes" / "configs" / "sft_hf_base.toml"
+    prepare_sft(tmp_path / "sft", qwen_base, sft_records(), val_fraction=0.25)
+    own = stage_overrides(qwen_base, tmp_path / "sft", tmp_path / "run", **{"train.steps": 2})
+    assert load_config(str(config), own, cls=StageConfig).eval.sets == []
+    assert run(load_config(str(config), own, cls=StageConfig))["step"] == 2
+    demo = stage_overrides(qwen_base, tmp_path / "sft", tmp_path / "bad", **{"eval.sets": f'["{bilingual["en"]}"]'})
+    with pytest.raises(UserError, match=r"another tokenizer .* drop it with eval\.sets=\[\] .*sft_hf_base\.toml"):
+        run(load_config(str(config), demo, cls=StageConfig))
+    assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+def test_demo_instructions_for_a_hf_base(qwen_base, tmp_path, monkeypatch):
+    """data_prep.demo_sft --tokenizer BASE: the offline bilingual set rendered with the base's chat template."""
+    from test_data_prep_demo_sft import make_db
+
+    from data_prep import demo_sft, offline
+    from data_prep.sft import read_sft
+
+    make_db(tmp_path / "bible.db")
+    monkeypatch.setattr(offline, "bible_db", lambda cache=None: tmp_path / "bible.db")
+    (tmp_path / "data" / "demo_ko").mkdir(parents=True)
+    (tmp_path / "data" / "demo_ko" / "heldout.jsonl").write_text(json.dumps({"unit": "1.2", "text": "x"}) + "\n")
+    demo_sft.main(["--data", str(tmp_path / "data"), "--tokenizer", str(qwen_base), "--out", str(tmp_path / "sft")])
+    m = json.loads((tmp_path / "sft" / "manifest.json").read_text())
+    assert m["tokenizer"]["kind"] == "hf" and m["template"] == "the base's chat template"
+    tok = open_tokenizer(qwen_base)
+    ids, _mask = (read_sft(tmp_path / "sft", "train") + read_sft(tmp_path / "sft", "val"))[0]
+    assert tok.tok.decode(ids.tolist(), skip_special_tokens=False).startswith("<|im_start|>user\n")
+
+
 def test_a_template_without_assistant_turns_is_refused(qwen_base, tmp_path):
     import shutil
 

@@ -50,6 +50,27 @@ def test_targets_cover_assistant_tokens_only(sft_set, bilingual):
     assert torch.allclose(loss, F.cross_entropy(logits[keep], y[keep]), atol=1e-5)
 
 
+def test_batches_pad_only_as_far_as_their_longest_example(sft_set, bilingual):
+    """A batch is as wide as its longest example needs (in steps of PAD_TO), and its loss is the loss of
+    the same rows padded to seq_len: right padding is neither a target nor seen by a real token."""
+    from minimodel.data.windows import IGNORE, PAD_TO
+
+    data = SFTExamples(sft_set, "train", 512)
+    lengths = [len(ids) for ids, _ in read_sft(sft_set, "train")]
+    ks = [0, 1, 2, 3]
+    x, y = data.batch(ks)
+    need = max(lengths[k] for k in ks) - 1
+    assert x.shape[1] % PAD_TO == 0 and need <= x.shape[1] < need + PAD_TO and x.shape[1] < 512
+    full = [data.example(k) for k in ks]  # the rows as padded to seq_len+1
+    fx = torch.stack([torch.as_tensor(i[:-1]) for i, _ in full])
+    fy = torch.stack([torch.as_tensor(i[1:]).masked_fill(torch.as_tensor(m[1:]) == 0, IGNORE) for i, m in full])
+    assert torch.equal(fx[:, :x.shape[1]], x) and torch.equal(fy[:, :y.shape[1]], y)
+    assert (fy[:, y.shape[1]:] == IGNORE).all()  # nothing cut carried loss
+    base = load(str(bilingual["core"]))
+    with torch.no_grad():
+        assert torch.allclose(base(x, y), base(fx, fy), atol=1e-5)
+
+
 def test_full_finetune_sft_of_a_core_with_muon(sft_set, bilingual, tmp_path):
     out = tmp_path / "sft"
     cfg = load_config(None, stage_overrides(bilingual["core"], sft_set, out, **{

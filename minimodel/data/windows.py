@@ -66,10 +66,23 @@ class TokenShards:
         self.cum_windows = np.concatenate([[0], np.cumsum(windows)]).astype(np.int64)
         self.n_windows = int(self.cum_windows[-1])
         if self.n_windows == 0:
-            raise UserError(f"split {split!r} of {self.data_dir} has fewer than seq_len+1={seq_len + 1} "
-                            "tokens in every shard; lower data.seq_len or add data")
+            raise UserError(self._too_small())
         if vocab_size is not None:
             self.check_vocab(vocab_size)
+
+    def _too_small(self) -> str:
+        """Why no window fits, with the fix that fits the cause (an empty split cannot be cured by seq_len)."""
+        where, tokens, window = f"split {self.split!r} of {self.data_dir}", self.info["tokens"], self.seq_len + 1
+        redo = ("prepare the set again with more text in it: more documents"
+                + (", a larger --val-fraction" if self.split == "val" else "")
+                + ", or for a .txt source --txt-unit line|paragraph")
+        if tokens == 0:
+            return f"{where} is empty ({self.info.get('docs', 0)} documents, 0 tokens); {redo}"
+        if tokens < window:
+            return (f"{where} holds {tokens} tokens, fewer than one window of data.seq_len+1={window}; "
+                    f"set data.seq_len={tokens - 1} or lower, or {redo}")
+        return (f"{where} has fewer than data.seq_len+1={window} tokens in every shard; "
+                "lower data.seq_len or prepare it again with larger shards")
 
     def check_vocab(self, vocab_size: int, fix: str | None = None) -> None:
         """Every token id has a row in a model of `vocab_size` rows; `fix` says what to change when not
@@ -138,6 +151,9 @@ def token_byte_lengths(tokenizer: Tokenizer | str | Path, vocab_size: int) -> to
 IGNORE = -100
 
 
+PAD_TO = 64  # an SFT batch's width is a multiple of this (at most seq_len)
+
+
 class SFTExamples:
     """One example per row, right-padded to seq_len+1 tokens (longer ones truncated). Targets are
     the next tokens where the mask marks assistant text, -100 elsewhere (prompt, padding).
@@ -172,7 +188,15 @@ class SFTExamples:
         return self.example(k)[0]
 
     def batch(self, window_ids) -> tuple[torch.Tensor, torch.Tensor]:
-        ids, mask = zip(*(self.example(int(k)) for k in window_ids))
-        ids, mask = torch.from_numpy(np.stack(ids)), torch.from_numpy(np.stack(mask))
+        """Inputs and targets of these examples, padded only as far as the longest one needs (rounded
+        up to a multiple of PAD_TO, so a compiled model sees few shapes). Right padding is never a
+        target and, under causal attention, never seen by a real token, so the loss is that of rows
+        padded to seq_len; the demo's instructions average ~90 of 513 tokens, and padding to seq_len
+        made SFT cost as much as pretraining the core (profiled: all of its time is forward/backward)."""
+        window_ids = [int(k) for k in window_ids]
+        ids, mask = zip(*(self.example(k) for k in window_ids))
+        longest = max(min(self.index[k + 1] - self.index[k], self.seq_len + 1) for k in window_ids)
+        width = min(self.seq_len, -(-max(int(longest) - 1, 1) // PAD_TO) * PAD_TO) + 1
+        ids, mask = torch.from_numpy(np.stack(ids)[:, :width]), torch.from_numpy(np.stack(mask)[:, :width])
         y = ids[:, 1:].masked_fill(mask[:, 1:] == 0, IGNORE)
         return ids[:, :-1].contiguous(), y.contiguous()

@@ -14,9 +14,10 @@ import torch
 
 from minimodel.common.errors import UserError, error_gist
 from minimodel.common.io import atomic_dir, read_json_object, write_json, write_text
-from minimodel.tokenizers.sp_to_hf import save_hf_tokenizer, verify_tokenizer
+from minimodel.tokenizers.sp_to_hf import SPACE, save_hf_tokenizer, verify_tokenizer
 
 IMPORT_META = "minimodel_import.json"
+USER_DEFINED = 4  # sentencepiece's and GGUF's piece type for user-defined symbols
 
 
 def cache_root() -> Path:
@@ -39,7 +40,9 @@ def gguf_sentencepiece(gguf_path: Path) -> bytes | None:
     """A sentencepiece model rebuilt from a GGUF's "llama" (sentencepiece BPE) vocabulary, or
     None for other tokenizer kinds. transformers converts GGUF vocabularies by architecture,
     so a sentencepiece vocabulary in a qwen3 file (our cores) would get a GPT-2 byte-level
-    tokenizer; GGUF keeps sentencepiece's pieces, scores and types, enough to rebuild it."""
+    tokenizer; GGUF keeps sentencepiece's pieces, scores and types, enough to rebuild it.
+    Both layouts are reproduced: Llama/Mistral (a dummy "▁" prefix) and Gemma (add_space_prefix
+    false, runs of spaces as user-defined pieces matched whole before the merges)."""
     from gguf import GGUFReader  # optional: only for .gguf bases (not on the GPU machine)
     from sentencepiece import sentencepiece_model_pb2 as pb  # protobuf: not on every machine (the GPU machine lacks it)
 
@@ -50,6 +53,8 @@ def gguf_sentencepiece(gguf_path: Path) -> bytes | None:
     types = f["tokenizer.ggml.token_type"].contents()  # same numbering as sentencepiece's piece types
     m = pb.ModelProto()
     for piece, score, kind in zip(tokens, scores, types):
+        if kind == USER_DEFINED:  # llama.cpp's converter writes their "▁" as spaces (Gemma's "  ", "   " ...)
+            piece = piece.replace(" ", SPACE)
         m.pieces.add(piece=piece, score=float(score), type=int(kind))
     t = m.trainer_spec
     t.model_type = pb.TrainerSpec.BPE
@@ -64,6 +69,21 @@ def gguf_sentencepiece(gguf_path: Path) -> bytes | None:
     n.remove_extra_whitespaces = False
     n.escape_whitespaces = True
     return m.SerializeToString()
+
+
+def _byte_level_fixes(tok, gguf_path: Path) -> None:
+    """Repair what transformers' GGUF converter gets wrong for a llama-architecture file with a byte-level
+    ("gpt2") vocabulary, as Llama 3 and SmolLM ship: it keeps sentencepiece's decoder, which strips the
+    first space of every decoded text, and takes EOS from the BOS id. A byte-level vocabulary decodes
+    with ByteLevel alone; BOS and EOS are read from the file's own ids."""
+    from tokenizers import decoders  # transformers and tokenizers take seconds to import: only where used
+
+    tok.backend_tokenizer.decoder = decoders.ByteLevel()
+    tokens = _gguf_field(gguf_path, "tokenizer.ggml.tokens")
+    for key in ("bos", "eos"):
+        token_id = _gguf_field(gguf_path, f"tokenizer.ggml.{key}_token_id")
+        if token_id is not None:
+            setattr(tok, f"{key}_token", tokens[int(token_id)])
 
 
 def _gguf_config(gguf_path: Path):
@@ -118,6 +138,8 @@ def gguf_to_hf(gguf_path: str | Path, out_dir: str | Path | None = None, dtype: 
         try:
             tok = AutoTokenizer.from_pretrained(gguf_path.parent, **kw)
             tok_note = "converted by transformers from GGUF metadata"
+            if _gguf_field(gguf_path, "tokenizer.ggml.model") == "gpt2":
+                _byte_level_fixes(tok, gguf_path)
         except (ValueError, KeyError, OSError, TypeError, NotImplementedError) as e:
             tok_note = f"no tokenizer: {error_gist(e)}"
     # transformers flags a GGUF-loaded model as quantised and refuses to save it, although its
