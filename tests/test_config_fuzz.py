@@ -63,7 +63,7 @@ BAD_NUMBERS = ["nan", "inf", "-inf", "1e400", "-5", "0", "1.5", "-0.5", str(10 *
                                                            st.floats(allow_nan=True, allow_infinity=True).map(repr)))
 def test_non_finite_and_out_of_range_numbers_are_errors_or_work(key, value):
     section, name = key
-    cls = CptConfig if section in ("base", "lora", "replay", "eval") else RunConfig
+    cls = CptConfig if section in ("base", "lora", "replay", "eval", "plasticity") else RunConfig
     extra = ["base.path=runs/x"] if cls is CptConfig else []
     try:
         cfg = load_config(None, [f"{section}.{name}={value}", *extra], cls=cls)
