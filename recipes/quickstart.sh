@@ -59,9 +59,9 @@ stage "5/5 evaluation: held-out bits per byte (en, ko), cloze tasks, the 2x2 gen
 for run in core cpt_ko sft_ko; do
     if fresh "$OUT/$run/eval/bpb.json"; then
         stage_arg=(); [ "$run" = core ] && stage_arg=(--stage base)   # CPT/SFT runs record their stage
-        "$PY" -m eval.bpb "$OUT/$run" --data "$DATA/demo_en" --data "$DATA/demo_ko" --ctx 256 "${stage_arg[@]}"
-        "$PY" -m eval.generations "$OUT/$run" "${stage_arg[@]}"
-        "$PY" -m eval.harness "$OUT/$run" --tasks minimodel_cloze_en,minimodel_cloze_ko "${stage_arg[@]}"
+        # eval.bpb, eval.generations and eval.harness in one process (each alone spends ~7 s importing)
+        "$PY" -m eval.suite "$OUT/$run" --data "$DATA/demo_en" --data "$DATA/demo_ko" --ctx 256 \
+            --tasks minimodel_cloze_en,minimodel_cloze_ko "${stage_arg[@]}"
     else echo "$run: already evaluated"; fi
 done
 "$PY" -m eval.report "$OUT/core" "$OUT/cpt_ko" "$OUT/sft_ko" --out "$OUT"
