@@ -19,7 +19,7 @@ FORCE="${FORCE:-0}"
 if [ "${PLAN:-0}" = "1" ]; then  # the CPU demo's plan is short: what runs, and for how long
     echo "plan: 5 stages on this machine's CPU, no GPU, no hub: demo data (~10 s), tiny core pretraining"
     echo "      (300 steps x 4096 tokens, ~2 min), Korean CPT (150 steps, ~1 min), SFT (200 steps, ~1 min),"
-    echo "      evaluation + report (~2 min); about 6 min on 2 cores -> $OUT/report.md"
+    echo "      evaluation + report (~1.5 min); about 5 min on 2 cores -> $OUT/report.md"
     exit 0
 fi
 T0=$(date +%s)
