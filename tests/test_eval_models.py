@@ -262,3 +262,23 @@ def test_a_character_cut_by_the_token_budget_is_dropped(tmp_path):
     cut = tok.decode(ids[:-1])  # a budget that ends inside the last syllable
     assert cut.endswith("\ufffd") and drop_cut_character(cut) == "수도"
     assert drop_cut_character("수도로") == "수도로"
+
+
+def test_suite_writes_what_the_three_commands_write(native, english_set, tmp_path):
+    """eval.suite: eval.bpb, eval.generations and eval.harness in one process, the same JSONs."""
+    from eval import bpb, generations, harness, suite
+
+    runs = {}
+    for name in ("apart", "suite"):
+        runs[name] = tmp_path / name
+        shutil.copytree(native[0], runs[name], ignore=shutil.ignore_patterns("eval"))
+    held = write_jsonl(tmp_path / "h.jsonl", [t[:400] for t in HELD[:2]])
+    a = str(runs["apart"])
+    bpb.main([a, "--data", f"en_h={held}", "--data", f"en_val={english_set}:val", "--ctx", "64", "--stage", "base"])
+    generations.main([a, "--stage", "base"])
+    harness.main([a, "--tasks", "minimodel_cloze_en", "--stage", "base"])
+    suite.main([str(runs["suite"]), "--data", f"en_h={held}", "--data", f"en_val={english_set}:val", "--ctx", "64",
+                "--tasks", "minimodel_cloze_en", "--stage", "base"])
+    for file, key in (("bpb.json", "sets"), ("generations.json", "samples"), ("lm_eval.json", "results")):
+        got, want = (json.loads((runs[n] / "eval" / file).read_text()) for n in ("suite", "apart"))
+        assert got[key] == want[key] and got["stage"] == want["stage"] == "base", file
