@@ -157,7 +157,7 @@ def test_prepare_cli_bad_input(tmp_path, case):
     out = tmp_path / "out"
     f = tmp_path / "in.jsonl"
     args = ["data_prep.prepare", "--out", str(out), "--files", str(f), "--vocab-size", "500"]
-    f.write_text(json.dumps({"text": "some text here"}) + "\n")
+    f.write_text(json.dumps({"text": "some text here"}) + "\n" + json.dumps({"text": "and more text there"}) + "\n")
     if case == "empty":
         f.write_text("\n")
         want = "empty corpus"
