@@ -24,9 +24,11 @@ import statistics
 import sys
 from pathlib import Path
 
+from eval.report import png_bytes
 from minimodel.common.errors import UserError, cli_entry
-from minimodel.common.io import read_json_object, read_jsonl_objects, write_json, write_text
+from minimodel.common.io import read_json_object, read_jsonl_objects, write_bytes, write_json, write_text
 from minimodel.config import read_run_config
+from minimodel.train.tracking import read_metrics
 
 STAGE_RE = re.compile(r"^stage(\d+)_([a-z]{2,3})$")
 ARM_RE = re.compile(r"^(.+)_s(\d+)$")
@@ -214,8 +216,6 @@ def against_baseline(arm: dict, base: dict | None) -> dict | None:
 
 def peak_memory(runs: list[Path]) -> float | None:
     """The largest peak memory any stage logged (GPU allocated, or the CPU process's resident set), GiB."""
-    from minimodel.train.tracking import read_metrics
-
     peaks = [m.get("peak_mem_gib", m.get("peak_rss_gib")) for r in runs if (r / "metrics.jsonl").is_file()
              for m in read_metrics(r)]
     peaks = [p for p in peaks if p is not None]
@@ -383,7 +383,7 @@ def plot(summary: dict, out: Path) -> None:
         ax.set_title(name, fontsize=9)
     fig.colorbar(im, ax=axes[0].tolist(), label="% vs own best (red: forgotten)", shrink=0.8)
     fig.suptitle("Bits per byte after each stage (grey: not yet learned)", fontsize=10)
-    _save(fig, out / "heatmap.png", plt)
+    write_bytes(out / "heatmap.png", png_bytes(fig))
     # one panel per language, from the stage that learned it on (before, its bpb says nothing): one line
     # per arm, the seed range as error bars, a plain linear axis
     fig, axes = plt.subplots(1, len(langs), figsize=(3.3 * len(langs), 3.3), squeeze=False)
@@ -397,14 +397,7 @@ def plot(summary: dict, out: Path) -> None:
         ax.set_title(f"{lang} ({summary['split']} bpb)", fontsize=9)
     axes[0][0].set_ylabel("bits per byte (lower: better)")
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
-    _save(fig, out / "stages.png", plt)
-
-
-def _save(fig, path: Path, plt) -> None:
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
+    write_bytes(out / "stages.png", png_bytes(fig))
 
 
 @cli_entry

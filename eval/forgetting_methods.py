@@ -19,8 +19,9 @@ import sys
 from pathlib import Path
 
 from eval.forgetting import bpb_change, language_of
+from eval.report import png_bytes
 from minimodel.common.errors import UserError, cli_entry
-from minimodel.common.io import read_json_object, read_jsonl_objects, write_json, write_text
+from minimodel.common.io import read_json_object, read_jsonl_objects, write_bytes, write_json, write_text
 from minimodel.config import read_run_config
 
 
@@ -175,13 +176,7 @@ def figure(summary: dict):
 
 
 def plot(summary: dict, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig = figure(summary)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    write_bytes(path, png_bytes(figure(summary)))
 
 
 @cli_entry

@@ -220,7 +220,8 @@ def md_cell(text: str, limit: int = 160) -> str:
 
 # ---------------------------------------------------------------- plots (PNG bytes, Agg)
 
-def _png(fig) -> bytes:
+def png_bytes(fig) -> bytes:
+    """A figure as PNG bytes, closed: every plot of eval/ goes through here (write them with write_bytes)."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
@@ -243,7 +244,7 @@ def plot_loss(runs: dict) -> bytes | None:
     ax.set(xlabel="training tokens (this run)", ylabel="train loss (nats/token)", title="Loss curves")
     ax.legend()
     ax.grid(alpha=0.3)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def forgetting_curves(runs: dict) -> dict[str, dict[str, list]]:
@@ -307,7 +308,7 @@ def plot_forgetting(curves: dict) -> bytes | None:
                bbox_to_anchor=(0.5, -0.02))
     fig.suptitle("Both languages along training (forgetting curve)")
     fig.tight_layout(rect=(0, 0.1, 1, 1))
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def pareto_points(models: dict, orig: str, new: str) -> list[dict]:
@@ -341,7 +342,7 @@ def plot_pareto(pts: list[dict], orig: str, new: str) -> bytes | None:
     ax.set(xlabel=f"{orig} bits per byte (original language, lower is better)",
            ylabel=f"{new} bits per byte (new language)", title="New vs original language")
     ax.grid(alpha=0.3)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 # ---------------------------------------------------------------- assembling

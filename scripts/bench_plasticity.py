@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from minimodel.train.tracking import read_metrics
+
 SWITCHES = {"off": [], "metaplastic": ["plasticity.metaplastic=10"],
             "surprise_rank": ["plasticity.surprise_rank=true"], "split_lora": ["plasticity.split_lora=true"]}
 
@@ -43,8 +45,7 @@ def run_stage(args: list[str], threads: int) -> float:
 
 
 def last_metrics(run_dir: Path) -> dict:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return next(r for r in reversed(rows) if "tok_per_s" in r)
+    return next(r for r in reversed(read_metrics(run_dir)) if "tok_per_s" in r)
 
 
 def main(argv=None) -> None:

@@ -93,7 +93,7 @@ def test_forgetting_curve_is_small_multiples_with_the_legend_outside(runs, monke
     import eval.report as report
 
     figs = []
-    monkeypatch.setattr(report, "_png", lambda fig: figs.append(fig) or b"png")
+    monkeypatch.setattr(report, "png_bytes", lambda fig: figs.append(fig) or b"png")
     root, core, cpt = runs
     rep, _ = report.build([core, cpt])
     fig = next(f for f in figs if "forgetting curve" in f.get_suptitle())
