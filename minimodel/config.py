@@ -88,6 +88,9 @@ class ModelSection(Section):
 assert {f.name for f in fields(ModelSection)} == {"preset"} | {f.name for f in fields(ModelConfig)}
 
 
+MAX_LR = 10.0  # no recipe trains above it; the bound keeps the value representable in torch's float32
+
+
 @dataclass
 class OptimConfig(Section):
     name: str = choice("muon", "adamw")  # "muon" (Muon on hidden matrices + AdamW) | "adamw"
@@ -107,6 +110,10 @@ class OptimConfig(Section):
 
     def check(self) -> None:
         _positive("optim", self, "lr", "adam_lr", "eps")
+        for key in ("lr", "adam_lr"):  # torch keeps lr as float32: 3.4e38 and up is a traceback, not a step
+            if getattr(self, key) > MAX_LR:
+                raise UserError(f"config key optim.{key} must be <= {MAX_LR:g}, got {getattr(self, key)!r} "
+                                f"(usual values lie between 1e-5 and 0.05)")
         for key in ("beta1", "beta2", "muon_momentum"):
             _in_range("optim", self, key, 0, 1)
         for key in ("weight_decay", "grad_clip", "warmup_steps"):  # grad_clip 0 disables clipping
@@ -352,6 +359,9 @@ class CptConfig(StageConfig):
     def check(self) -> None:
         super().check()
         rc, pc = self.replay, self.plasticity
+        if self.lora.enabled and self.optim.lr * self.lora.embedding_lr_mult > MAX_LR:
+            raise UserError(f"config key lora.embedding_lr_mult x optim.lr must be <= {MAX_LR:g} (the embeddings' "
+                            f"lr), got {self.lora.embedding_lr_mult!r} x {self.optim.lr!r}")
         lora_only = [k for k in ("metaplastic", "surprise_rank", "split_lora") if getattr(pc, k)]
         if lora_only and (not self.lora.enabled or self.lora.backend != "peft"):
             raise UserError(f"plasticity.{lora_only[0]} acts on a peft LoRA stage: set lora.enabled=true and "
