@@ -99,7 +99,8 @@ def _one_step(ocfg) -> None:
 
 def test_the_values_that_crashed_before_are_one_line_errors():
     for item, words in [("train.steps=inf", "train.steps"), ("train.steps=nan", "train.steps"),
-                        ("optim.lr=nan", "optim.lr"), ("optim.adam_lr=3.4e38", "optim.adam_lr must be <= 10"), ("optim.beta1=1.5", "optim.beta1 must lie in [0, 1)"),
+                        ("optim.lr=nan", "optim.lr"), ("optim.adam_lr=3.4e38", "optim.adam_lr must be <= 10"),
+                        ("optim.beta1=1.5", "optim.beta1 must lie in [0, 1)"),
                         ("optim.weight_decay=-5", "optim.weight_decay must be >= 0"),
                         ("train.ckpt_every=0", "train.ckpt_every must be > 0"),
                         ("train.eval_every=0", "train.eval_every must be > 0")]:
