@@ -210,6 +210,8 @@ class LoraConfig(Section):
     target_modules: list = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
     train_embeddings: bool = True       # embed_tokens and lm_head trained fully, at their own lr
     embedding_lr_mult: float = 0.2      # their lr = optim.lr x this (unsloth's recipe: 1e-5 for 5e-5)
+    embedding_optim: str = choice("adamw", "adamw8bit")  # adamw8bit: bitsandbytes' blockwise 8-bit states
+                                        # for embed_tokens/lm_head (2 bytes per parameter instead of 8)
     load_in_4bit: bool = False          # unsloth backend: 4-bit (QLoRA) frozen base
 
     def check(self) -> None:
@@ -223,6 +225,9 @@ class LoraConfig(Section):
                             "e.g. q_proj,v_proj")
         if self.backend == "unsloth" and not self.enabled:
             raise UserError("lora.backend=unsloth needs lora.enabled=true; full fine-tuning runs on the peft backend")
+        if self.embedding_optim == "adamw8bit" and not (self.enabled and self.train_embeddings):
+            raise UserError("lora.embedding_optim=adamw8bit is the optimizer of the trained embeddings: set "
+                            "lora.train_embeddings=true (and lora.enabled=true), or lora.embedding_optim=adamw")
         if self.load_in_4bit and self.backend != "unsloth":
             raise UserError("lora.load_in_4bit=true needs lora.backend=unsloth (a GPU and bitsandbytes); "
                             "with the peft backend use base.quantize=nf4")

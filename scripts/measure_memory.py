@@ -107,11 +107,11 @@ def random_base(base_dir: Path, dtype: torch.dtype, device: torch.device):
 
 
 def stage_config(base_dir: Path, base_dtype: str, ckpt: bool, seq: int, micro_batch: int, rank: int,
-                 quantize: str = "none") -> CptConfig:
+                 quantize: str = "none", embedding_optim: str = "adamw") -> CptConfig:
     return load_config(None, [f"base.path={base_dir}", f"base.dtype={base_dtype}", f"base.quantize={quantize}",
                               f"train.grad_checkpoint={str(ckpt).lower()}", f"data.seq_len={seq}",
                               f"train.micro_batch={micro_batch}", f"lora.rank={rank}", "train.dtype=bf16",
-                              "train.device=cpu"], cls=CptConfig)
+                              "train.device=cpu", f"lora.embedding_optim={embedding_optim}"], cls=CptConfig)
 
 
 def planned(cfg: CptConfig, gpu: str = "4090", cpu_loss: bool = True) -> dict:
@@ -129,7 +129,8 @@ def build(cfg: CptConfig, device: torch.device, net=None):
     net = net if net is not None else random_base(Path(cfg.base.path), dtype, device)
     lm = make_trainable(cfg, CausalLM(net, "hf", shape_of_hf_config(net.config))).to(device)
     apply_grad_checkpoint(cfg, lm, device)
-    opts = build_optimizers(lm, cfg.optim, embed_lr=cfg.optim.lr * cfg.lora.embedding_lr_mult)
+    opts = build_optimizers(lm, cfg.optim, embed_lr=cfg.optim.lr * cfg.lora.embedding_lr_mult,
+                            embed_optim=cfg.lora.embedding_optim)
     return lm, opts
 
 
@@ -166,15 +167,18 @@ def measure(cfg: CptConfig, device: torch.device | None = None) -> dict:
 
 
 def run_case(base: str, dtype: str, ckpt: bool, seq: int, micro_batch: int, rank: int = 128,
-             layers: int | None = None, work: Path = Path("runs/measure_memory")) -> dict:
+             layers: int | None = None, work: Path = Path("runs/measure_memory"),
+             embedding_optim: str = "adamw") -> dict:
     """One measured case beside its plan."""
     name = f"{base.replace('/', '__')}{f'_L{layers}' if layers else ''}"
-    cfg = stage_config(shape_dir(base, work / name, layers), dtype, ckpt, seq, micro_batch, rank)
+    cfg = stage_config(shape_dir(base, work / name, layers), dtype, ckpt, seq, micro_batch, rank,
+                       embedding_optim=embedding_optim)
     got = measure(cfg)
     plan = planned(cfg)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB: the process, torch included
     return {"base": base, "layers": layers or read_json_object(reference_config(base), "")["num_hidden_layers"],
-            "base_dtype": dtype, "grad_checkpoint": ckpt, "seq": seq, "micro_batch": micro_batch, "rank": rank,
+            "base_dtype": dtype, "grad_checkpoint": ckpt, "embedding_optim": embedding_optim,
+            "seq": seq, "micro_batch": micro_batch, "rank": rank,
             "measured_gib": round(got["measured_gib"], 4), "planned_gib": round(plan["live_gib"], 4),
             "error": round(plan["live_gib"] / got["measured_gib"] - 1, 4), "process_max_rss_gib": round(rss, 3),
             "planned_parts_gib": {k: round(v, 4) for k, v in plan["parts_gib"].items() if v}}
@@ -191,8 +195,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--micro-batch", type=int, default=1)
     ap.add_argument("--rank", type=int, default=128)
     ap.add_argument("--layers", type=int, default=None, help="keep only this many layers (default: all)")
+    ap.add_argument("--embedding-optim", choices=("adamw", "adamw8bit"), default="adamw",
+                    help="lora.embedding_optim: the trained embeddings' optimizer")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
-    row = run_case(args.base, args.dtype, args.grad_checkpoint, args.seq, args.micro_batch, args.rank, args.layers)
+    row = run_case(args.base, args.dtype, args.grad_checkpoint, args.seq, args.micro_batch, args.rank, args.layers,
+                   embedding_optim=args.embedding_optim)
     print(json.dumps(row), flush=True)
     return row
 

@@ -21,7 +21,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
             "$PY" -m pip install -q "torch==$TORCH_VERSION"
         fi
     fi
-    echo "[setup] installing minimodel[dev]"
-    "$PY" -m pip install -q -e ".[dev]"
+    # quant (bitsandbytes) too: its 4-/8-bit paths run on the CPU, so the tests exercise them for real
+    echo "[setup] installing minimodel[dev,quant]"
+    "$PY" -m pip install -q -e ".[dev,quant]"
     echo "$want" > "$stamp"
 fi

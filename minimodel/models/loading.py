@@ -115,10 +115,11 @@ def load(spec: str | Path | Source, adapter: str | Path | None = None, *, trust_
     native: a Llama/Mistral/Qwen3-shaped Hugging Face checkpoint as a MiniModel (same logits).
     backend="unsloth": a Hugging Face base through unsloth's FastLanguageModel (GPU; 4-bit optional).
     dtype: the parameters' dtype (a stage's frozen base: minimodel.models.memory.base_dtype).
-    quantize: "nf4" | "int8" loads a Hugging Face base through bitsandbytes, on the current CUDA device."""
+    quantize: "nf4" | "int8" loads a Hugging Face base through bitsandbytes (on the current CUDA device, else
+    the CPU)."""
     src = spec if isinstance(spec, Source) else resolve(spec, adapter)
     if src.kind == "adapter":
-        return _load_adapter(src, trust_remote_code, merge)
+        return _load_adapter(src, trust_remote_code, merge, dtype)
     if quantize != "none" and (native or backend != "transformers" or src.kind != "hf"):
         raise UserError(f"base.quantize={quantize} needs a Hugging Face base loaded by transformers (through "
                         f"bitsandbytes); {src.spec} is a minimodel model: set base.quantize=none")
@@ -149,10 +150,13 @@ def load(spec: str | Path | Source, adapter: str | Path | None = None, *, trust_
     return CausalLM(net, kind, config, tokenizer, src, _trained_context(src.run_dir, config))
 
 
-def _load_adapter(src: Source, trust_remote_code: bool, merge: bool) -> CausalLM:
-    """Base + adapter through the one path that restores the adapter's vocabulary and embeddings."""
+def _load_adapter(src: Source, trust_remote_code: bool, merge: bool,
+                  dtype: torch.dtype = torch.float32) -> CausalLM:
+    """Base + adapter through the one path that restores the adapter's vocabulary and embeddings; the
+    base's weights in `dtype`."""
     meta = adapter_meta(src.path)
-    lm = load(src.base, trust_remote_code=trust_remote_code or bool(meta and meta.get("trust_remote_code")))
+    lm = load(src.base, trust_remote_code=trust_remote_code or bool(meta and meta.get("trust_remote_code")),
+              dtype=dtype)
     restore_adapter(lm, src.path, meta)
     if merge:
         merge_adapter(lm, src.path)

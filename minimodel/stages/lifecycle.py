@@ -93,7 +93,9 @@ def run_stage(stage: Stage, cfg, exits_after: bool = False) -> dict:
         vocab = model.config.vocab_size
         for windows in data.all_sets():
             windows.check_vocab(vocab, built.vocab_fix)
-        optimizers = build_optimizers(model, cfg.optim, embed_lr=built.embed_lr)
+        lora = getattr(cfg, "lora", None)
+        optimizers = build_optimizers(model, cfg.optim, embed_lr=built.embed_lr,
+                                      embed_optim=lora.embedding_optim if lora is not None else "adamw")
         run_dir = RunDir(cfg.train.out_dir, built.trained)
         if dist.is_main:
             run_dir.open()

@@ -83,7 +83,15 @@ def adapt(cfg: StageConfig, lm: CausalLM, data: StageData, stage: str,
                           "backend": lc.backend}, save_embeddings=lc.train_embeddings or extended)
             out["adapter"] = str(run_dir / "adapter")
         source_dir = lm.source.path if lm.source else None
-        out["final"] = str(save_merged(merge(lm), lm.kind, run_dir / "final", data.tokenizer,
+        if cfg.base.quantize != "none" and lc.enabled:
+            # Folding the factors into 4-/8-bit weights would round much of the update away (and the result
+            # would need bitsandbytes to load): the base is reloaded unquantised, in its own dtype, with the
+            # saved adapter merged, as QLoRA models are exported.
+            dtype, _ = base_dtype(cfg.base.dtype, "hf", source_dir)
+            merged = load(run_dir / "adapter", trust_remote_code=cfg.base.trust_remote_code, dtype=dtype).core()
+        else:
+            merged = merge(lm)
+        out["final"] = str(save_merged(merged, lm.kind, run_dir / "final", data.tokenizer,
                                        None if extended else source_dir))
         return out
 

@@ -21,6 +21,7 @@ CUDA_CONTEXT_BYTES = 1.0 * GIB      # CUDA context, cuBLAS workspaces, kernels (
 NCCL_BYTES = 0.5 * GIB              # NCCL communicator buffers when there is more than one GPU
 FRAGMENTATION = 0.10                # caching-allocator slack on top of live tensors
 NF4_BYTES = 4.13 / 8                # 4-bit weights with double-quantised scales
+ADAMW8BIT_BLOCK = 256               # bitsandbytes AdamW8bit: one fp32 absmax per block of each moment
 INT8_BYTES = 1.0 + 4 / 4096         # LLM.int8(): one byte per weight + an fp32 scale per row
 FROZEN_BYTES = {"fp32": 4.0, "bf16": 2.0, "nf4": NF4_BYTES, "int8": INT8_BYTES}
 
@@ -125,7 +126,8 @@ def stage_numbers(cfg, m: ModelConfig, n_params: int, stored: str = "fp32", hf: 
     else:
         frozen_bytes = FROZEN_BYTES[quantize if quantize != "none" else dtype]
     return {"trainable": lora + trained_embed, "frozen": n_params - trained_embed, "lora": lora,
-            "frozen_bytes_per_param": frozen_bytes, **common}
+            "frozen_bytes_per_param": frozen_bytes,
+            "embedding_optim": getattr(cfg.lora, "embedding_optim", "adamw") if trained_embed else "adamw", **common}
 
 
 def memory_bytes(cfg, m: ModelConfig, counts: ModelCounts, micro_batch: int, n_gpus: int,
@@ -156,6 +158,10 @@ def memory_bytes(cfg, m: ModelConfig, counts: ModelCounts, micro_batch: int, n_g
         trained = stage["trainable"]
         weights = int(stage["frozen"] * stage["frozen_bytes_per_param"]) + 4 * trained
         optim = 8 * trained
+        eight_bit = stage.get("embedding_optim") == "adamw8bit"
+        if eight_bit:  # two uint8 moments + an fp32 absmax per 256-value block of each, for the embeddings
+            embed_trained = trained - stage["lora"]
+            optim = 8 * stage["lora"] + int(embed_trained * (2 + 8 / ADAMW8BIT_BLOCK))
         # autocast's bf16 copies of fp32 weights, kept for backward: the whole base when it is fp32, else
         # only the trained fp32 masters that feed a matmul (LoRA factors, lm_head)
         if not bf16:
@@ -189,12 +195,14 @@ def memory_bytes(cfg, m: ModelConfig, counts: ModelCounts, micro_batch: int, n_g
         # a tied embedding's second gradient (lm_head's, then embed_tokens') is added out of place at the end
         # of backward: the stored gradient, the new one and their sum are live together
         tied_sum = 8 * m.vocab_size * m.d_model if m.tie_embeddings and head_grad else 0
-        step = 4 * trained + max(4 * trained, tied_sum)
+        # AdamW's foreach temporary covers what it holds; AdamW8bit updates its tensors in place
+        foreach = 4 * (stage["lora"] if eight_bit else trained)
+        step = 4 * trained + max(foreach, tied_sum)
         if backward >= step:
             parts["grads"] = head_grad
         else:
             parts.update(activations=0, logits=0, bf16_weight_copies=0,
-                         optimizer_step_temporaries=max(4 * trained, tied_sum))
+                         optimizer_step_temporaries=max(foreach, tied_sum))
     live = sum(parts.values())
     parts["fragmentation"] = int(FRAGMENTATION * live)
     parts["cuda_context"] = int(CUDA_CONTEXT_BYTES + (NCCL_BYTES if n_gpus > 1 else 0))

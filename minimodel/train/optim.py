@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from minimodel.common.optional import import_bitsandbytes
 from minimodel.config import OptimConfig
 
 
@@ -37,11 +38,17 @@ def split_params(model: nn.Module) -> ParamGroups:
     return groups
 
 
-def build_optimizers(model: nn.Module, cfg: OptimConfig, embed_lr: float | None = None) -> list[torch.optim.Optimizer]:
+def build_optimizers(model: nn.Module, cfg: OptimConfig, embed_lr: float | None = None,
+                     embed_optim: str = "adamw") -> list[torch.optim.Optimizer]:
     """`embed_lr` (adapter stages) gives embed_tokens/lm_head their own learning rate; None keeps
-    pretraining's grouping (adam_lr under muon, lr under adamw). LoRA factors count as hidden matrices."""
+    pretraining's grouping (adam_lr under muon, lr under adamw). LoRA factors count as hidden matrices.
+    `embed_optim="adamw8bit"` (with embed_lr) gives the embeddings an optimizer of their own with 8-bit states."""
     g = split_params(model)
     adam_kw = dict(betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    extra = []
+    if embed_optim == "adamw8bit" and embed_lr is not None and g.embeddings:
+        extra = [adamw_8bit(g.embeddings, embed_lr, cfg.weight_decay, adam_kw)]
+        g.embeddings = []
     if cfg.name == "muon":
         optimizers = []
         if g.hidden:  # torch's Muon accepts any 2-D tensor, embeddings included: only hidden matrices go in.
@@ -66,11 +73,19 @@ def build_optimizers(model: nn.Module, cfg: OptimConfig, embed_lr: float | None 
         optimizers = [torch.optim.AdamW([x for x in groups if x["params"]], lr=cfg.lr, **adam_kw)]
     else:
         raise ValueError(f"unknown optimizer {cfg.name!r}; choose 'muon' or 'adamw'")
+    optimizers += extra
     for opt in optimizers:
         for group in opt.param_groups:
             group["initial_lr"] = group["lr"]
     assert_coverage(model, optimizers)
     return optimizers
+
+
+def adamw_8bit(params: list, lr: float, weight_decay: float, adam_kw: dict) -> torch.optim.Optimizer:
+    """bitsandbytes' AdamW8bit: both moments kept as blockwise-quantised uint8 (2 bytes per parameter
+    instead of AdamW's 8), the update computed in fp32. It runs on CUDA and, since bitsandbytes 0.48, the CPU."""
+    bnb = import_bitsandbytes("lora.embedding_optim=adamw8bit", "lora.embedding_optim=adamw")
+    return bnb.optim.AdamW8bit([{"params": params, "weight_decay": weight_decay}], lr=lr, **adam_kw)
 
 
 def assert_coverage(model: nn.Module, optimizers: list[torch.optim.Optimizer]) -> None:
