@@ -149,10 +149,11 @@ def steps(lm, opts, cfg: CptConfig, device: torch.device, n: int = 2) -> float:
     return loss.item()
 
 
-def measure(cfg: CptConfig, device: torch.device | None = None) -> dict:
-    """Peak bytes of two steps of the stage's model (the model and its optimizer states included)."""
+def measure(cfg: CptConfig, device: torch.device | None = None, net=None) -> dict:
+    """Peak bytes of two steps of the stage's model (the model and its optimizer states included); `net`: a
+    base already loaded (a quantised one), else a random one is built."""
     device = device or torch.device("cpu")
-    lm, opts = build(cfg, device)
+    lm, opts = build(cfg, device, net)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         loss = steps(lm, opts, cfg, device)
@@ -168,17 +169,29 @@ def measure(cfg: CptConfig, device: torch.device | None = None) -> dict:
 
 def run_case(base: str, dtype: str, ckpt: bool, seq: int, micro_batch: int, rank: int = 128,
              layers: int | None = None, work: Path = Path("runs/measure_memory"),
-             embedding_optim: str = "adamw") -> dict:
+             embedding_optim: str = "adamw", quantize: str = "none") -> dict:
     """One measured case beside its plan."""
     name = f"{base.replace('/', '__')}{f'_L{layers}' if layers else ''}"
-    cfg = stage_config(shape_dir(base, work / name, layers), dtype, ckpt, seq, micro_batch, rank,
-                       embedding_optim=embedding_optim)
-    got = measure(cfg)
+    shape = shape_dir(base, work / name, layers)
+    net = None
+    if quantize != "none":  # bitsandbytes quantises while loading: a saved random base, through load_base
+        from minimodel.stages.on_base import load_base
+
+        saved = work / f"{name}_saved_{dtype}"
+        if not (saved / "config.json").is_file():
+            with atomic_dir(saved) as tmp:
+                random_base(shape, DTYPES[dtype], torch.device("cpu")).save_pretrained(tmp)
+        shape = saved
+    cfg = stage_config(shape, dtype, ckpt, seq, micro_batch, rank, quantize=quantize, embedding_optim=embedding_optim)
+    if quantize != "none":
+        net = load_base(cfg).net
+        gc.collect()
+    got = measure(cfg, net=net)
     plan = planned(cfg)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB: the process, torch included
     return {"base": base, "layers": layers or read_json_object(reference_config(base), "")["num_hidden_layers"],
             "base_dtype": dtype, "grad_checkpoint": ckpt, "embedding_optim": embedding_optim,
-            "seq": seq, "micro_batch": micro_batch, "rank": rank,
+            "quantize": quantize, "seq": seq, "micro_batch": micro_batch, "rank": rank,
             "measured_gib": round(got["measured_gib"], 4), "planned_gib": round(plan["live_gib"], 4),
             "error": round(plan["live_gib"] / got["measured_gib"] - 1, 4), "process_max_rss_gib": round(rss, 3),
             "planned_parts_gib": {k: round(v, 4) for k, v in plan["parts_gib"].items() if v}}
@@ -197,9 +210,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--layers", type=int, default=None, help="keep only this many layers (default: all)")
     ap.add_argument("--embedding-optim", choices=("adamw", "adamw8bit"), default="adamw",
                     help="lora.embedding_optim: the trained embeddings' optimizer")
+    ap.add_argument("--quantize", choices=("none", "nf4", "int8"), default="none",
+                    help="base.quantize: a saved random base loaded through bitsandbytes")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     row = run_case(args.base, args.dtype, args.grad_checkpoint, args.seq, args.micro_batch, args.rank, args.layers,
-                   embedding_optim=args.embedding_optim)
+                   embedding_optim=args.embedding_optim, quantize=args.quantize)
     print(json.dumps(row), flush=True)
     return row
 
