@@ -41,6 +41,7 @@ class Built:
     summary: str                        # the run's first log line
     finish: Callable[[Path], dict]      # writes final/ (and adapter/) once every step is done
     embed_lr: float | None = None       # embeddings' own learning rate (adapter stages)
+    embed_optim: str = "adamw"          # their optimizer: "adamw" | "adamw8bit" (lora.embedding_optim)
     vocab_fix: str | None = None        # what to say when the data's ids exceed the model's rows
     max_start_loss: float | None = None  # a trained base starts below this on data.known_sets (nats)
     update_rule: object | None = None   # brackets each optimizer step (minimodel.forgetting.metaplastic)
@@ -93,9 +94,7 @@ def run_stage(stage: Stage, cfg, exits_after: bool = False) -> dict:
         vocab = model.config.vocab_size
         for windows in data.all_sets():
             windows.check_vocab(vocab, built.vocab_fix)
-        lora = getattr(cfg, "lora", None)
-        optimizers = build_optimizers(model, cfg.optim, embed_lr=built.embed_lr,
-                                      embed_optim=lora.embedding_optim if lora is not None else "adamw")
+        optimizers = build_optimizers(model, cfg.optim, embed_lr=built.embed_lr, embed_optim=built.embed_optim)
         run_dir = RunDir(cfg.train.out_dir, built.trained)
         if dist.is_main:
             run_dir.open()

@@ -98,7 +98,7 @@ def adapt(cfg: StageConfig, lm: CausalLM, data: StageData, stage: str,
     # A trained base reads text in a language it knows far better than a uniform guess (ln V nats); one
     # nat worse than that on the replay set means the ids mean nothing to it: another tokenizer's data.
     # (A new language may well start worse than uniform: an English core is confidently wrong on Korean.)
-    return Built(lm, view, info, summary, finish, embed_lr=embed_lr,
+    return Built(lm, view, info, summary, finish, embed_lr=embed_lr, embed_optim=lc.embedding_optim,
                  vocab_fix="the data and the base disagree on the tokenizer",
                  max_start_loss=math.log(lm.config.vocab_size) + 1.0)
 
